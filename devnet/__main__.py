@@ -1,0 +1,41 @@
+"""``python -m devnet``: run the local Stellar network."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from aiohttp import web
+
+from devnet.ledger import STANDALONE_PASSPHRASE, Devnet
+from devnet.server import DevnetServer
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="devnet", description="A local, protocol-faithful Stellar RPC.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8000)
+    parser.add_argument("--ledger-close-ms", type=int, default=5000, help="ledger cadence (default 5000)")
+    parser.add_argument("--state-file", type=Path, default=None, help="keep the ledger in this JSON file across restarts")
+    parser.add_argument("--passphrase", default=STANDALONE_PASSPHRASE)
+    parser.add_argument("--max-tx-set-size", type=int, default=1000, help="transactions per ledger at most")
+    parser.add_argument("--log-level", default="WARNING")
+    args = parser.parse_args(argv)
+    if args.ledger_close_ms < 10:
+        parser.error("--ledger-close-ms must be at least 10")
+    if not 1 <= args.port <= 65535:
+        parser.error("--port must be between 1 and 65535")
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+    devnet = Devnet(args.passphrase, max_tx_set_size=args.max_tx_set_size, state_file=args.state_file)
+    url = f"http://{args.host}:{args.port}"
+    server = DevnetServer(devnet, args.ledger_close_ms, url)
+    print(f"devnet RPC URL:       {url}", flush=True)
+    print(f"network passphrase:   {devnet.passphrase}", flush=True)
+    print(f"friendbot URL:        {url}/friendbot", flush=True)
+    web.run_app(server.app, host=args.host, port=args.port, print=None, access_log=None)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,555 @@
+"""The devnet network: ledger state, the transaction queue, ledger close and history.
+
+``Devnet`` is synchronous and single-threaded; the HTTP server calls it from one event
+loop. It follows stellar-core where the payout engine can tell the difference:
+
+- submission (``submit``): banned hash → TRY_AGAIN_LATER; same hash queued → DUPLICATE;
+  another transaction of the source account queued → TRY_AGAIN_LATER; then ``checkValid``
+  (sequence, signatures and thresholds, time and ledger bounds, fees) → ERROR + result;
+- ledger close: queued transactions that are no longer valid are dropped, the rest are
+  applied in arrival order (one per source account, at most ``max_tx_set_size``); a
+  transaction left in the queue for 4 ledgers is dropped and its hash banned for 10;
+- apply: fee and sequence number are consumed first and stay consumed when an operation
+  fails; applied hashes are banned for 10 ledgers (re-sending → TRY_AGAIN_LATER, then
+  txBAD_SEQ from ``checkValid``), never DUPLICATE.
+
+Deliberate simplifications (documented in devnet/README.md): the whole declared resource
+fee is charged (no refund of the refundable part); Stellar Asset Contracts exist
+implicitly — XLM's from genesis, an issued asset's from the first trustline to it.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import os
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from stellar_sdk import Asset, Keypair, StrKey
+from stellar_sdk import xdr as x
+
+from devnet.entries import (
+    AccountEntry,
+    ContractInstanceEntry,
+    EntryKey,
+    account_key,
+    asset_from_string,
+    entry_from_json,
+    entry_to_json,
+    instance_key,
+    key_from_xdr,
+    key_to_xdr,
+)
+from devnet.errors import NotSupported
+from devnet.faults import Faults
+from devnet.fees import resource_fee
+from devnet.host import HostError, SorobanHost, invocation_from_host_function
+from devnet.meta import transaction_meta
+from devnet.operations import change_trust, create_account, is_success, payment
+from devnet.state import LedgerChange, LedgerState, LedgerTxn
+from devnet.transactions import BASE_FEE, TC, ParsedTransaction, check_valid, parse_envelope
+
+log = logging.getLogger("devnet")
+
+STANDALONE_PASSPHRASE = "Standalone Network ; February 2017"
+PROTOCOL_VERSION = 23
+TOTAL_COINS = 100_000_000_000 * 10_000_000
+QUEUE_LEDGERS = 4
+BAN_LEDGERS = 10
+DEFAULT_RETENTION_LEDGERS = 17_280  # one day of 5-second ledgers
+DEFAULT_MAX_TX_SET_SIZE = 1_000
+
+
+@dataclass
+class TransactionRecord:
+    """An applied transaction as getTransaction/getTransactions report it."""
+
+    hash: str
+    ledger: int
+    application_order: int
+    created_at: int
+    envelope_xdr: str
+    successful: bool
+    result: x.TransactionResult | None = None
+    meta: x.TransactionMeta | None = None
+    stored_result_xdr: str | None = None
+    stored_meta_xdr: str | None = None
+
+    @cached_property
+    def result_xdr(self) -> str:
+        if self.stored_result_xdr is not None:
+            return self.stored_result_xdr
+        assert self.result is not None
+        return self.result.to_xdr()
+
+    @cached_property
+    def result_meta_xdr(self) -> str:
+        if self.stored_meta_xdr is not None:
+            return self.stored_meta_xdr
+        assert self.meta is not None
+        return self.meta.to_xdr()
+
+
+@dataclass
+class LedgerRecord:
+    sequence: int
+    close_time: int
+    hash: bytes
+    previous_hash: bytes
+    tx_hashes: list[str] = field(default_factory=list)
+
+    def header(self) -> x.LedgerHeader:
+        return x.LedgerHeader(
+            ledger_version=x.Uint32(PROTOCOL_VERSION),
+            previous_ledger_hash=x.Hash(self.previous_hash),
+            scp_value=x.StellarValue(
+                tx_set_hash=x.Hash(hashlib.sha256("".join(self.tx_hashes).encode()).digest()),
+                close_time=x.TimePoint(x.Uint64(self.close_time)),
+                upgrades=[],
+                ext=x.StellarValueExt(x.StellarValueType.STELLAR_VALUE_BASIC),
+            ),
+            tx_set_result_hash=x.Hash(bytes(32)),
+            bucket_list_hash=x.Hash(bytes(32)),
+            ledger_seq=x.Uint32(self.sequence),
+            total_coins=x.Int64(TOTAL_COINS),
+            fee_pool=x.Int64(0),
+            inflation_seq=x.Uint32(0),
+            id_pool=x.Uint64(0),
+            base_fee=x.Uint32(BASE_FEE),
+            base_reserve=x.Uint32(5_000_000),
+            max_tx_set_size=x.Uint32(DEFAULT_MAX_TX_SET_SIZE),
+            skip_list=[x.Hash(bytes(32))] * 4,
+            ext=x.LedgerHeaderExt(0),
+        )
+
+    def header_entry(self) -> x.LedgerHeaderHistoryEntry:
+        return x.LedgerHeaderHistoryEntry(
+            hash=x.Hash(self.hash), header=self.header(), ext=x.LedgerHeaderHistoryEntryExt(0)
+        )
+
+    def close_meta(self) -> x.LedgerCloseMeta:
+        """The ledger's close meta, without the per-transaction processing."""
+        return x.LedgerCloseMeta(
+            2,
+            v2=x.LedgerCloseMetaV2(
+                ext=x.LedgerCloseMetaExt(0),
+                ledger_header=self.header_entry(),
+                tx_set=x.GeneralizedTransactionSet(
+                    1,
+                    v1_tx_set=x.TransactionSetV1(previous_ledger_hash=x.Hash(self.previous_hash), phases=[]),
+                ),
+                tx_processing=[],
+                upgrades_processing=[],
+                scp_info=[],
+                total_byte_size_of_live_soroban_state=x.Uint64(0),
+                evicted_keys=[],
+            ),
+        )
+
+
+@dataclass
+class SendResult:
+    status: str  # PENDING | DUPLICATE | TRY_AGAIN_LATER | ERROR
+    hash: str
+    error: x.TransactionResult | None = None
+
+
+@dataclass
+class _Queued:
+    ptx: ParsedTransaction
+    received_ledger: int
+    min_resource_fee: int | None
+
+
+def _result(fee_charged: int, code: x.TransactionResultCode, results: list[x.OperationResult] | None = None) -> x.TransactionResult:
+    return x.TransactionResult(
+        fee_charged=x.Int64(fee_charged),
+        result=x.TransactionResultResult(code, results=results if results is not None else None),
+        ext=x.TransactionResultExt(0),
+    )
+
+
+class Devnet:
+    """A single-node Stellar network in memory."""
+
+    def __init__(
+        self,
+        passphrase: str = STANDALONE_PASSPHRASE,
+        retention_ledgers: int = DEFAULT_RETENTION_LEDGERS,
+        max_tx_set_size: int = DEFAULT_MAX_TX_SET_SIZE,
+        state_file: Path | None = None,
+    ) -> None:
+        self.passphrase = passphrase
+        self.network_id = hashlib.sha256(passphrase.encode()).digest()
+        self.retention_ledgers = retention_ledgers
+        self.max_tx_set_size = max_tx_set_size
+        self.state_file = state_file
+        self.host = SorobanHost(passphrase)
+        self.faults = Faults()
+        self.state = LedgerState()
+        self.queue: OrderedDict[str, _Queued] = OrderedDict()
+        self.queued_accounts: dict[str, str] = {}
+        self.bans: dict[str, int] = {}
+        self.transactions: dict[str, TransactionRecord] = {}
+        self.ledgers: OrderedDict[int, LedgerRecord] = OrderedDict()
+        # The network root holds every lumen at genesis, as on a standalone stellar-core.
+        self.root = Keypair.from_raw_ed25519_seed(self.network_id)
+        if state_file is not None and state_file.exists():
+            self._load(state_file)
+        else:
+            self._genesis()
+
+    # -- genesis and persistence ---------------------------------------------------
+
+    def _genesis(self) -> None:
+        genesis = LedgerRecord(1, int(time.time()), hashlib.sha256(b"genesis" + self.network_id).digest(), bytes(32))
+        self.ledgers[1] = genesis
+        self.state.entries[account_key(self.root.public_key)] = AccountEntry(
+            self.root.public_key, balance=TOTAL_COINS, seq_num=0, last_modified=1
+        )
+        self.ensure_sac(Asset.native())
+
+    def ensure_sac(self, asset: Asset) -> str:
+        """The asset's Stellar Asset Contract ID, creating its instance if it is new."""
+        contract_id = asset.contract_id(self.passphrase)
+        key = instance_key(contract_id)
+        if key not in self.state.entries:
+            name = "native" if asset.is_native() else f"{asset.code}:{asset.issuer}"
+            self.state.entries[key] = ContractInstanceEntry(contract_id, "sac", name, last_modified=self.latest.sequence)
+        return contract_id
+
+    def deploy_payout_contract(self, admin: str, asset: Asset) -> str:
+        """Deploy the built-in payout contract for ``admin`` paying in ``asset``.
+
+        Its ID is derived as a real deployment from ``admin`` with salt
+        sha256("devnet payout contract") would be, so it is known in advance and stable.
+        Deploying again for the same admin returns the same contract.
+        """
+        if not isinstance(self.state.get(account_key(admin)), AccountEntry):
+            raise ValueError(f"admin: account {admin} does not exist")
+        salt = hashlib.sha256(b"devnet payout contract").digest()
+        preimage = x.HashIDPreimage(
+            x.EnvelopeType.ENVELOPE_TYPE_CONTRACT_ID,
+            contract_id=x.HashIDPreimageContractID(
+                network_id=x.Hash(self.network_id),
+                contract_id_preimage=x.ContractIDPreimage(
+                    x.ContractIDPreimageType.CONTRACT_ID_PREIMAGE_FROM_ADDRESS,
+                    from_address=x.ContractIDPreimageFromAddress(
+                        address=x.SCAddress(
+                            x.SCAddressType.SC_ADDRESS_TYPE_ACCOUNT,
+                            account_id=Keypair.from_public_key(admin).xdr_account_id(),
+                        ),
+                        salt=x.Uint256(salt),
+                    ),
+                ),
+            ),
+        )
+        contract_id = StrKey.encode_contract(hashlib.sha256(preimage.to_xdr_bytes()).digest())
+        self.ensure_sac(asset)
+        name = "native" if asset.is_native() else f"{asset.code}:{asset.issuer}"
+        existing = self.state.get(instance_key(contract_id))
+        if isinstance(existing, ContractInstanceEntry) and existing.asset != name:
+            raise ValueError(f"asset: the payout contract of {admin} already pays in {existing.asset}")
+        self.state.entries[instance_key(contract_id)] = ContractInstanceEntry(
+            contract_id, "payout", name, admin=admin, last_modified=self.latest.sequence
+        )
+        self.save()
+        return contract_id
+
+    def save(self) -> None:
+        """Write the state file (atomically), if one is configured."""
+        if self.state_file is None:
+            return
+        body = {
+            "passphrase": self.passphrase,
+            "ledgers": [
+                {"sequence": r.sequence, "close_time": r.close_time, "hash": r.hash.hex(),
+                 "previous_hash": r.previous_hash.hex(), "tx_hashes": r.tx_hashes}
+                for r in self.ledgers.values()
+            ],
+            "entries": [entry_to_json(e) for e in self.state.entries.values()],
+            "transactions": [
+                {"hash": t.hash, "ledger": t.ledger, "application_order": t.application_order,
+                 "created_at": t.created_at, "envelope_xdr": t.envelope_xdr, "successful": t.successful,
+                 "result_xdr": t.result_xdr, "meta_xdr": t.result_meta_xdr}
+                for t in self.transactions.values()
+            ],
+        }
+        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+        tmp.write_text(json.dumps(body))
+        os.replace(tmp, self.state_file)
+
+    def _load(self, path: Path) -> None:
+        body = json.loads(path.read_text())
+        if body["passphrase"] != self.passphrase:
+            raise ValueError(f"state file {path} belongs to network {body['passphrase']!r}")
+        for r in body["ledgers"]:
+            self.ledgers[r["sequence"]] = LedgerRecord(
+                r["sequence"], r["close_time"], bytes.fromhex(r["hash"]), bytes.fromhex(r["previous_hash"]), r["tx_hashes"]
+            )
+        for e in body["entries"]:
+            entry = entry_from_json(e)
+            self.state.entries[entry.key()] = entry
+        for t in body["transactions"]:
+            self.transactions[t["hash"]] = TransactionRecord(
+                t["hash"], t["ledger"], t["application_order"], t["created_at"], t["envelope_xdr"],
+                t["successful"], stored_result_xdr=t["result_xdr"], stored_meta_xdr=t["meta_xdr"],
+            )
+        log.info("loaded %d entries at ledger %d from %s", len(self.state.entries), self.latest.sequence, path)
+
+    # -- reads ---------------------------------------------------------------------
+
+    @property
+    def latest(self) -> LedgerRecord:
+        return next(reversed(self.ledgers.values()))
+
+    @property
+    def oldest(self) -> LedgerRecord:
+        return next(iter(self.ledgers.values()))
+
+    def ledger_entry(self, key: EntryKey) -> x.LedgerEntry | None:
+        entry = self.state.get(key)
+        return entry.to_xdr() if entry is not None else None
+
+    def account(self, account_id: str) -> AccountEntry | None:
+        entry = self.state.get(account_key(account_id))
+        return entry if isinstance(entry, AccountEntry) else None
+
+    # -- submission ----------------------------------------------------------------
+
+    def submit(self, envelope_xdr: str) -> SendResult:
+        """sendTransaction. Raises MalformedEnvelope / NotSupported for unusable input."""
+        ptx = parse_envelope(envelope_xdr, self.network_id)
+        tx_hash = ptx.hash_hex
+        if self.faults.take("try_again_later", "sendTransaction") is not None:
+            return SendResult("TRY_AGAIN_LATER", tx_hash)
+        if self.bans.get(tx_hash, 0) > self.latest.sequence:
+            return SendResult("TRY_AGAIN_LATER", tx_hash)
+        if tx_hash in self.queue:
+            return SendResult("DUPLICATE", tx_hash)
+        if ptx.source in self.queued_accounts:
+            return SendResult("TRY_AGAIN_LATER", tx_hash)
+        min_fee = resource_fee(ptx.soroban.resources) if ptx.soroban is not None else None
+        code = check_valid(ptx, self.state, self.latest.sequence + 1, int(time.time()), min_fee)
+        if code is not None:
+            return SendResult("ERROR", tx_hash, _result(ptx.fee, code))
+        self.queue[tx_hash] = _Queued(ptx, self.latest.sequence, min_fee)
+        self.queued_accounts[ptx.source] = tx_hash
+        return SendResult("PENDING", tx_hash)
+
+    def consume_sequence(self, account_id: str) -> int:
+        """Use an account's next sequence number from outside, as another client's
+        transaction would. Returns the new sequence number."""
+        account = self.state.get(account_key(account_id))
+        if not isinstance(account, AccountEntry):
+            raise ValueError(f"account: {account_id} does not exist")
+        account.seq_num += 1
+        account.last_modified = self.latest.sequence
+        return account.seq_num
+
+    # -- ledger close --------------------------------------------------------------
+
+    def close_ledger(self, now: float | None = None) -> LedgerRecord | None:
+        """Close the next ledger (None while a ledger stall is injected)."""
+        if self.faults.ledger_stall:
+            return None
+        previous = self.latest
+        seq = previous.sequence + 1
+        close_time = max(previous.close_time, int(now if now is not None else time.time()))
+        record = LedgerRecord(seq, close_time, b"", previous.hash)
+        base_fee = self.faults.surge_fee or BASE_FEE
+        for tx_hash, queued in list(self.queue.items()):
+            ptx = queued.ptx
+            if len(record.tx_hashes) >= self.max_tx_set_size:
+                break
+            if ptx.inclusion_fee < base_fee * len(ptx.tx.operations):
+                continue
+            if check_valid(ptx, self.state, seq, close_time, queued.min_resource_fee) is not None:
+                self._dequeue(tx_hash)
+                continue
+            self._dequeue(tx_hash)
+            self._apply(ptx, record, base_fee)
+            self.bans[tx_hash] = seq + BAN_LEDGERS
+        for tx_hash, queued in list(self.queue.items()):
+            if seq - queued.received_ledger >= QUEUE_LEDGERS:
+                self._dequeue(tx_hash)
+                self.bans[tx_hash] = seq + BAN_LEDGERS
+        self.bans = {h: until for h, until in self.bans.items() if until > seq}
+        record.hash = hashlib.sha256(previous.hash + seq.to_bytes(4, "big") + "".join(record.tx_hashes).encode()).digest()
+        self.ledgers[seq] = record
+        self._trim_history()
+        if record.tx_hashes:
+            self.save()
+        return record
+
+    def _dequeue(self, tx_hash: str) -> None:
+        queued = self.queue.pop(tx_hash)
+        if self.queued_accounts.get(queued.ptx.source) == tx_hash:
+            del self.queued_accounts[queued.ptx.source]
+
+    def _trim_history(self) -> None:
+        while len(self.ledgers) > self.retention_ledgers:
+            _, old = self.ledgers.popitem(last=False)
+            for tx_hash in old.tx_hashes:
+                self.transactions.pop(tx_hash, None)
+
+    def _apply(self, ptx: ParsedTransaction, record: LedgerRecord, base_fee: int) -> None:
+        seq = record.sequence
+        ops = ptx.tx.operations
+        fee_charged = min(ptx.inclusion_fee, base_fee * len(ops)) + ptx.resource_fee
+        fee_ltx = LedgerTxn(self.state, seq)
+        source = fee_ltx.load(account_key(ptx.source))
+        assert isinstance(source, AccountEntry)
+        source.balance -= fee_charged
+        source.seq_num = ptx.seq_num
+        fee_ltx.put(source)
+        before = fee_ltx.changes()
+        fee_ltx.commit()
+
+        op_ltx = LedgerTxn(self.state, seq)
+        results: list[x.OperationResult] = []
+        op_meta: list[tuple[list[LedgerChange], list[x.ContractEvent]]] = []
+        return_value: x.SCVal | None = None
+        for op, op_source in zip(ops, ptx.op_sources()):
+            sub = LedgerTxn(op_ltx, seq)
+            result, events, value = self._apply_operation(sub, op, op_source, ptx)
+            results.append(result)
+            if is_success(result):
+                op_meta.append((sub.changes(), events))
+                sub.commit()
+                return_value = value if value is not None else return_value
+        successful = all(is_success(r) for r in results)
+        if successful:
+            op_ltx.commit()
+        else:
+            op_meta = []
+        order = len(record.tx_hashes) + 1
+        record.tx_hashes.append(ptx.hash_hex)
+        self.transactions[ptx.hash_hex] = TransactionRecord(
+            hash=ptx.hash_hex,
+            ledger=seq,
+            application_order=order,
+            created_at=record.close_time,
+            envelope_xdr=ptx.envelope_xdr,
+            successful=successful,
+            result=_result(fee_charged, TC.txSUCCESS if successful else TC.txFAILED, results),
+            meta=transaction_meta(before, op_meta, return_value if successful else None, ptx.soroban is not None),
+        )
+
+    def _apply_operation(
+        self, ltx: LedgerTxn, op: x.Operation, source: str, ptx: ParsedTransaction
+    ) -> tuple[x.OperationResult, list[x.ContractEvent], x.SCVal | None]:
+        body = op.body
+        if body.type == x.OperationType.CREATE_ACCOUNT:
+            assert body.create_account_op is not None
+            return create_account(ltx, source, body.create_account_op), [], None
+        if body.type == x.OperationType.PAYMENT:
+            assert body.payment_op is not None
+            return payment(ltx, source, body.payment_op), [], None
+        if body.type == x.OperationType.CHANGE_TRUST:
+            assert body.change_trust_op is not None
+            result = change_trust(ltx, source, body.change_trust_op)
+            if is_success(result) and body.change_trust_op.line.type != x.AssetType.ASSET_TYPE_NATIVE:
+                line = body.change_trust_op.line
+                self.ensure_sac(Asset.from_xdr_object(x.Asset(line.type, alpha_num4=line.alpha_num4, alpha_num12=line.alpha_num12)))
+            return result, [], None
+        assert body.invoke_host_function_op is not None and ptx.soroban is not None
+        return self._invoke(ltx, body.invoke_host_function_op, source, ptx.soroban)
+
+    def _invoke(
+        self, ltx: LedgerTxn, op: x.InvokeHostFunctionOp, source: str, data: x.SorobanTransactionData
+    ) -> tuple[x.OperationResult, list[x.ContractEvent], x.SCVal | None]:
+        IHF = x.InvokeHostFunctionResultCode
+
+        def result(code: x.InvokeHostFunctionResultCode, success: bytes | None = None) -> x.OperationResult:
+            return x.OperationResult(
+                x.OperationResultCode.opINNER,
+                tr=x.OperationResultTr(
+                    x.OperationType.INVOKE_HOST_FUNCTION,
+                    invoke_host_function_result=x.InvokeHostFunctionResult(
+                        code, success=x.Hash(success) if success is not None else None
+                    ),
+                ),
+            )
+
+        host_ltx = LedgerTxn(ltx, ltx.ledger_seq)
+        try:
+            outcome = self.host.invoke(host_ltx, op.host_function, source, list(op.auth), False, ltx.ledger_seq)
+        except (HostError, NotSupported) as exc:
+            log.info("invocation trapped: %s", exc)
+            return result(IHF.INVOKE_HOST_FUNCTION_TRAPPED), [], None
+        resources = data.resources
+        try:
+            read_only = {key_from_xdr(k) for k in resources.footprint.read_only}
+            read_write = {key_from_xdr(k) for k in resources.footprint.read_write}
+        except NotSupported:
+            return result(IHF.INVOKE_HOST_FUNCTION_RESOURCE_LIMIT_EXCEEDED), [], None
+        if (
+            not set(outcome.read_write) <= read_write
+            or not set(outcome.read_only) <= read_only | read_write
+            or outcome.instructions > resources.instructions.uint32
+            or outcome.read_bytes > resources.disk_read_bytes.uint32
+            or outcome.write_bytes > resources.write_bytes.uint32
+        ):
+            return result(IHF.INVOKE_HOST_FUNCTION_RESOURCE_LIMIT_EXCEEDED), [], None
+        host_ltx.commit()
+        success = x.InvokeHostFunctionSuccessPreImage(return_value=outcome.return_value, events=outcome.events)
+        return result(IHF.INVOKE_HOST_FUNCTION_SUCCESS, hashlib.sha256(success.to_xdr_bytes()).digest()), outcome.events, outcome.return_value
+
+    # -- simulation ----------------------------------------------------------------
+
+    def simulate(self, envelope_xdr: str, auth_mode: str | None, use_address_v2: bool) -> dict[str, Any]:
+        """simulateTransaction's result; host failures go in ``error`` as on a real RPC."""
+        ptx = parse_envelope(envelope_xdr, self.network_id)
+        latest = self.latest.sequence
+        ops = ptx.tx.operations
+        if len(ops) != 1 or ops[0].body.type != x.OperationType.INVOKE_HOST_FUNCTION:
+            return {"latestLedger": latest, "error": "simulation needs a transaction with exactly one InvokeHostFunction operation"}
+        op = ops[0].body.invoke_host_function_op
+        assert op is not None
+        source = ptx.op_sources()[0]
+        recording = auth_mode in ("record", "record_allow_nonroot") or (auth_mode is None and not op.auth)
+        ltx = LedgerTxn(self.state, latest + 1)
+        try:
+            invocation_from_host_function(op.host_function)
+            outcome = self.host.invoke(ltx, op.host_function, source, list(op.auth), recording, latest + 1, use_address_v2)
+        except HostError as exc:
+            return {"latestLedger": latest, "error": str(exc)}
+        resources = x.SorobanResources(
+            footprint=x.LedgerFootprint(
+                read_only=[key_to_xdr(k) for k in outcome.read_only],
+                read_write=[key_to_xdr(k) for k in outcome.read_write],
+            ),
+            instructions=x.Uint32(outcome.instructions),
+            disk_read_bytes=x.Uint32(outcome.read_bytes),
+            write_bytes=x.Uint32(outcome.write_bytes),
+        )
+        fee = resource_fee(resources)
+        data = x.SorobanTransactionData(ext=x.SorobanTransactionDataExt(0), resources=resources, resource_fee=x.Int64(fee))
+        auth = outcome.recorded_auth if recording else list(op.auth)
+        return {
+            "latestLedger": latest,
+            "minResourceFee": str(fee),
+            "transactionData": data.to_xdr(),
+            "results": [{"auth": [a.to_xdr() for a in auth], "xdr": outcome.return_value.to_xdr()}],
+            "events": [],
+        }
+
+    # -- ledger entries ------------------------------------------------------------
+
+    def asset_of_sac(self, contract_id: str) -> Asset | None:
+        entry = self.state.get(instance_key(contract_id))
+        if isinstance(entry, ContractInstanceEntry) and entry.kind == "sac":
+            return asset_from_string(entry.asset)
+        return None
+
+
+def encode_b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

@@ -1,0 +1,228 @@
+"""Reading transaction envelopes: decoding, hashing, and the checks of stellar-core's
+``checkValid`` that do not depend on the transaction queue."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+from dataclasses import dataclass
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+from stellar_sdk import StrKey
+from stellar_sdk import xdr as x
+
+from devnet.entries import AccountEntry, account_key
+from devnet.errors import NotSupported
+from devnet.state import LedgerState, LedgerTxn
+
+BASE_FEE = 100
+TC = x.TransactionResultCode
+
+_SUPPORTED_OPS = {
+    x.OperationType.CREATE_ACCOUNT,
+    x.OperationType.PAYMENT,
+    x.OperationType.CHANGE_TRUST,
+    x.OperationType.INVOKE_HOST_FUNCTION,
+}
+
+
+class MalformedEnvelope(ValueError):
+    """The transaction parameter is not a base64 XDR TransactionEnvelope."""
+
+
+def muxed_account_id(account: x.MuxedAccount) -> str:
+    """The G… account behind a (possibly muxed) account."""
+    if account.type == x.CryptoKeyType.KEY_TYPE_ED25519:
+        assert account.ed25519 is not None
+        return StrKey.encode_ed25519_public_key(account.ed25519.uint256)
+    assert account.med25519 is not None
+    return StrKey.encode_ed25519_public_key(account.med25519.ed25519.uint256)
+
+
+@dataclass
+class ParsedTransaction:
+    """A decoded V1 transaction envelope and the facts the rules need."""
+
+    envelope: x.TransactionEnvelope
+    envelope_xdr: str
+    tx: x.Transaction
+    hash: bytes
+    source: str
+    seq_num: int
+    fee: int
+    min_time: int
+    max_time: int
+    min_ledger: int
+    max_ledger: int
+    soroban: x.SorobanTransactionData | None
+
+    @property
+    def hash_hex(self) -> str:
+        return self.hash.hex()
+
+    @property
+    def resource_fee(self) -> int:
+        return self.soroban.resource_fee.int64 if self.soroban is not None else 0
+
+    @property
+    def inclusion_fee(self) -> int:
+        return self.fee - self.resource_fee
+
+    def op_sources(self) -> list[str]:
+        return [
+            muxed_account_id(op.source_account) if op.source_account is not None else self.source
+            for op in self.tx.operations
+        ]
+
+
+def transaction_hash(tx: x.Transaction, network_id: bytes) -> bytes:
+    payload = x.TransactionSignaturePayload(
+        network_id=x.Hash(network_id),
+        tagged_transaction=x.TransactionSignaturePayloadTaggedTransaction(
+            x.EnvelopeType.ENVELOPE_TYPE_TX, tx=tx
+        ),
+    )
+    return hashlib.sha256(payload.to_xdr_bytes()).digest()
+
+
+def parse_envelope(envelope_xdr: str, network_id: bytes) -> ParsedTransaction:
+    """Decode a base64 envelope. Raises :class:`MalformedEnvelope` or :class:`NotSupported`."""
+    try:
+        raw = base64.b64decode(envelope_xdr, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise MalformedEnvelope("transaction: not valid base64") from exc
+    try:
+        envelope = x.TransactionEnvelope.from_xdr_bytes(raw)
+    except Exception as exc:  # xdrlib3 raises assorted errors on truncated or bad input
+        raise MalformedEnvelope(f"transaction: not a TransactionEnvelope XDR ({type(exc).__name__})") from exc
+    if envelope.type == x.EnvelopeType.ENVELOPE_TYPE_TX_FEE_BUMP:
+        raise NotSupported("a fee-bump transaction envelope")
+    if envelope.type != x.EnvelopeType.ENVELOPE_TYPE_TX or envelope.v1 is None:
+        raise NotSupported(f"envelope type {envelope.type.name}")
+    tx = envelope.v1.tx
+    for op in tx.operations:
+        if op.body.type not in _SUPPORTED_OPS:
+            raise NotSupported(f"operation {op.body.type.name}")
+    min_time = max_time = min_ledger = max_ledger = 0
+    cond = tx.cond
+    if cond.type == x.PreconditionType.PRECOND_TIME:
+        assert cond.time_bounds is not None
+        min_time, max_time = cond.time_bounds.min_time.time_point.uint64, cond.time_bounds.max_time.time_point.uint64
+    elif cond.type == x.PreconditionType.PRECOND_V2:
+        assert cond.v2 is not None
+        v2 = cond.v2
+        if v2.min_seq_num is not None or v2.min_seq_age.duration.uint64 or v2.min_seq_ledger_gap.uint32 or v2.extra_signers:
+            raise NotSupported("preconditions other than time and ledger bounds")
+        if v2.time_bounds is not None:
+            min_time, max_time = v2.time_bounds.min_time.time_point.uint64, v2.time_bounds.max_time.time_point.uint64
+        if v2.ledger_bounds is not None:
+            min_ledger, max_ledger = v2.ledger_bounds.min_ledger.uint32, v2.ledger_bounds.max_ledger.uint32
+    soroban = tx.ext.soroban_data if tx.ext.v == 1 else None
+    return ParsedTransaction(
+        envelope=envelope,
+        envelope_xdr=base64.b64encode(raw).decode(),
+        tx=tx,
+        hash=transaction_hash(tx, network_id),
+        source=muxed_account_id(tx.source_account),
+        seq_num=tx.seq_num.sequence_number.int64,
+        fee=tx.fee.uint32,
+        min_time=min_time,
+        max_time=max_time,
+        min_ledger=min_ledger,
+        max_ledger=max_ledger,
+        soroban=soroban,
+    )
+
+
+def signed_weight(
+    account: AccountEntry, payload: bytes, signatures: list[tuple[bytes, bytes]], used: set[int]
+) -> int:
+    """Sum of the weights of the account's signers that signed ``payload``.
+
+    ``signatures`` are (hint, signature) pairs; indices of the ones that verified are
+    added to ``used`` so unused signatures can be detected (txBAD_AUTH_EXTRA).
+    """
+    weight = 0
+    for key_id, key_weight in account.signer_weights().items():
+        raw_key = StrKey.decode_ed25519_public_key(key_id)
+        for index, (hint, signature) in enumerate(signatures):
+            if hint != raw_key[-4:]:
+                continue
+            try:
+                VerifyKey(raw_key).verify(payload, signature)
+            except (BadSignatureError, ValueError):
+                continue
+            used.add(index)
+            weight += key_weight
+            break
+    return weight
+
+
+def time_bounds_code(ptx: ParsedTransaction, close_time: int, ledger_seq: int) -> x.TransactionResultCode | None:
+    """txTOO_EARLY / txTOO_LATE for the ledger that would include the transaction."""
+    if ptx.min_time and close_time < ptx.min_time:
+        return TC.txTOO_EARLY
+    if ptx.max_time and close_time > ptx.max_time:
+        return TC.txTOO_LATE
+    if ptx.min_ledger and ledger_seq < ptx.min_ledger:
+        return TC.txTOO_EARLY
+    if ptx.max_ledger and ledger_seq >= ptx.max_ledger:
+        return TC.txTOO_LATE
+    return None
+
+
+def check_valid(
+    ptx: ParsedTransaction,
+    state: LedgerState | LedgerTxn,
+    next_ledger_seq: int,
+    close_time: int,
+    min_resource_fee: int | None,
+) -> x.TransactionResultCode | None:
+    """stellar-core's ``checkValid`` for a transaction about to enter the queue or a ledger.
+
+    ``min_resource_fee`` is the fee the declared Soroban resources cost (None for classic
+    transactions). Returns the failing result code, or None when the transaction is valid.
+    """
+    ops = ptx.tx.operations
+    if not ops:
+        return TC.txMISSING_OPERATION
+    is_soroban = any(op.body.type == x.OperationType.INVOKE_HOST_FUNCTION for op in ops)
+    if is_soroban and (len(ops) != 1 or ptx.soroban is None):
+        return TC.txMALFORMED
+    if not is_soroban and ptx.soroban is not None:
+        return TC.txMALFORMED
+    code = time_bounds_code(ptx, close_time, next_ledger_seq)
+    if code is not None:
+        return code
+    if ptx.inclusion_fee < BASE_FEE * len(ops):
+        return TC.txINSUFFICIENT_FEE
+    if min_resource_fee is not None and ptx.resource_fee < min_resource_fee:
+        return TC.txSOROBAN_INVALID
+    source = state.get(account_key(ptx.source))
+    if not isinstance(source, AccountEntry):
+        return TC.txNO_ACCOUNT
+    if ptx.seq_num != source.seq_num + 1:
+        return TC.txBAD_SEQ
+    assert ptx.envelope.v1 is not None
+    signatures = [(s.hint.signature_hint, s.signature.signature) for s in ptx.envelope.v1.signatures]
+    used: set[int] = set()
+    # Each distinct source (transaction and operations) must meet its threshold: low for
+    # the transaction itself (fee and sequence), medium for the operations devnet supports.
+    needed: dict[str, int] = {ptx.source: source.thresholds[1]}
+    for op_source in ptx.op_sources():
+        account = state.get(account_key(op_source))
+        if not isinstance(account, AccountEntry):
+            return TC.txFAILED if op_source != ptx.source else TC.txNO_ACCOUNT
+        needed[op_source] = max(needed.get(op_source, 0), account.thresholds[2])
+    for account_id, threshold in needed.items():
+        account = state.get(account_key(account_id))
+        assert isinstance(account, AccountEntry)
+        if signed_weight(account, ptx.hash, signatures, used) < max(threshold, 1):
+            return TC.txBAD_AUTH
+    if len(used) != len(signatures):
+        return TC.txBAD_AUTH_EXTRA
+    if source.available_balance() < ptx.fee:
+        return TC.txINSUFFICIENT_BALANCE
+    return None

@@ -1,0 +1,34 @@
+"""Shared fixtures: one devnet process per test session (fast ledgers), SDK clients."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import pytest
+from stellar_sdk import SorobanServerAsync
+
+from tests.devnet_harness import DevnetAdmin, DevnetProcess, run_devnet
+
+
+@pytest.fixture(scope="session")
+def devnet() -> Iterator[DevnetProcess]:
+    with run_devnet(ledger_close_ms=250) as process:
+        yield process
+
+
+@pytest.fixture(scope="session")
+async def http_session() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+@pytest.fixture(scope="session")
+def admin(devnet: DevnetProcess, http_session: aiohttp.ClientSession) -> DevnetAdmin:
+    return DevnetAdmin(devnet.url, http_session)
+
+
+@pytest.fixture(scope="session")
+async def server(devnet: DevnetProcess) -> AsyncIterator[SorobanServerAsync]:
+    async with SorobanServerAsync(devnet.url) as soroban:
+        yield soroban
