@@ -1,0 +1,1 @@
+"""Temporal workflows (``PayoutWorkflow``): deterministic orchestration only, no I/O."""
