@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from enum import Enum
+from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from stellar_sdk import StrKey
@@ -74,7 +74,7 @@ def is_valid_idempotency_key(key: str) -> bool:
     return bool(_KEY.match(key))
 
 
-class PayoutState(str, Enum):
+class PayoutState(StrEnum):
     """Where a payout is; also the value of the ``PayoutStatus`` search attribute."""
 
     RECEIVED = "RECEIVED"

@@ -1,0 +1,89 @@
+"""Settings from the environment (the seed's configuration reference, plus Temporal and DB).
+
+``load_settings()`` reads every variable at once and raises one :class:`ConfigError`
+listing every missing or invalid variable, so an operator fixes them in one go.
+
+Decisions where the seed is silent:
+- ``PAYOUT_CONTRACT_ID`` is optional: when set, payouts call ``PAYOUT_METHOD_NAME`` on that
+  contract (``distribute_winnings(to, amount)``); when unset, they are Stellar Asset
+  Contract ``transfer`` calls from ``PAYOUT_SOURCE_ACCOUNT``.
+- ``PAYOUT_USDC_ISSUER`` names the issuer behind the asset shorthand ``USDC``.
+- ``PAYOUTS_SIGN_WITH_HOT_KEY=true`` requires ``PAYOUT_HOT_SIGNER_SECRET``; the secret is a
+  :class:`~pydantic.SecretStr`, so it never prints, and nothing else reads it but the
+  signing activity.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+from stellar_sdk import StrKey
+
+
+class ConfigError(ValueError):
+    """Every invalid or missing environment variable, one per line."""
+
+
+class PayoutSettings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+
+    SOROBAN_RPC_URL: str = Field(pattern=r"^https?://\S+$")
+    STELLAR_NETWORK_PASSPHRASE: str = Field(min_length=1)
+    PAYOUT_SOURCE_ACCOUNT: str
+    PAYOUT_CONTRACT_ID: str | None = None
+    PAYOUT_METHOD_NAME: str = Field(default="distribute_winnings", pattern=r"^[A-Za-z0-9_]{1,32}$")
+    PAYOUT_USDC_ISSUER: str | None = None
+
+    PAYOUTS_LIVE_EXECUTION: bool = False
+    PAYOUTS_SIGN_WITH_HOT_KEY: bool = False
+    PAYOUT_HOT_SIGNER_SECRET: SecretStr | None = None
+
+    PAYOUTS_MAX_GAS_STROOPS: int = Field(default=2_000_000, ge=100, le=2**63 - 1)
+    PAYOUTS_MAX_ATTEMPTS: int = Field(default=5, ge=1, le=100)
+    PAYOUTS_CONFIRM_POLL_MS: int = Field(default=2_500, ge=50, le=600_000)
+    PAYOUTS_CONFIRM_MAX_POLLS: int = Field(default=20, ge=1, le=10_000)
+
+    TEMPORAL_ADDRESS: str = "localhost:7233"
+    TEMPORAL_NAMESPACE: str = "default"
+    TEMPORAL_TASK_QUEUE: str = "payouts"
+    DATABASE_URL: str = "sqlite:///payouts.db"
+
+    @field_validator("PAYOUT_SOURCE_ACCOUNT", "PAYOUT_USDC_ISSUER")
+    @classmethod
+    def _account(cls, value: str | None) -> str | None:
+        if value is not None and not StrKey.is_valid_ed25519_public_key(value):
+            raise ValueError("must be a G… account ID")
+        return value
+
+    @field_validator("PAYOUT_CONTRACT_ID")
+    @classmethod
+    def _contract(cls, value: str | None) -> str | None:
+        if value is not None and not StrKey.is_valid_contract(value):
+            raise ValueError("must be a C… contract ID")
+        return value
+
+    @field_validator("PAYOUT_HOT_SIGNER_SECRET")
+    @classmethod
+    def _secret(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not StrKey.is_valid_ed25519_secret_seed(value.get_secret_value()):
+            raise ValueError("must be an S… secret seed")  # the value itself is never echoed
+        return value
+
+    @model_validator(mode="after")
+    def _hot_key_needs_secret(self) -> PayoutSettings:
+        if self.PAYOUTS_SIGN_WITH_HOT_KEY and self.PAYOUT_HOT_SIGNER_SECRET is None:
+            raise ValueError("PAYOUT_HOT_SIGNER_SECRET: required when PAYOUTS_SIGN_WITH_HOT_KEY is true")
+        return self
+
+
+def load_settings(**overrides: object) -> PayoutSettings:
+    """Settings from the environment (``overrides`` win, for tests and CLIs)."""
+    try:
+        return PayoutSettings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors(include_input=False, include_url=False):
+            name = ".".join(str(p) for p in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            lines.append(f"{name}: {'missing' if error['type'] == 'missing' else message}" if name else message)
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
