@@ -1,0 +1,175 @@
+"""Stellar transaction helpers for payouts: build, decode, and check external signatures.
+
+Two payout kinds (see :mod:`payouts.config`):
+
+- a Stellar Asset Contract ``transfer(from=source, to=destination, amount)``, and
+- a call of the payout contract's method (``distribute_winnings(to, amount)``).
+
+Every envelope carries a time bound (``max_time``): after the ledger closes past it, the
+envelope can never be applied, which is what lets a payout replace it safely (promise 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+from stellar_sdk import (
+    Account,
+    Address,
+    Asset,
+    Network,
+    StrKey,
+    TransactionBuilder,
+    TransactionEnvelope,
+    scval,
+)
+from stellar_sdk import xdr as x
+from stellar_sdk.operation import InvokeHostFunction
+
+
+class EnvelopeError(ValueError):
+    """An envelope that is not what a payout needs; the message says why."""
+
+
+@dataclass(frozen=True)
+class PayoutCall:
+    """What a payout transaction does, decoded from its XDR."""
+
+    source: str
+    contract_id: str
+    function: str
+    destination: str
+    stroops: int
+    max_time: int
+    hash: str
+
+
+def build_payout_transaction(
+    source: Account,
+    network_passphrase: str,
+    destination: str,
+    stroops: int,
+    max_time: int,
+    *,
+    asset: Asset | None = None,
+    contract_id: str | None = None,
+    method: str = "distribute_winnings",
+    base_fee: int = 100,
+) -> TransactionEnvelope:
+    """An unsigned, unsimulated payout transaction with sequence ``source.sequence + 1``.
+
+    With ``contract_id`` it calls ``method(to, amount)`` on that contract; otherwise it is
+    a ``transfer`` on ``asset``'s Stellar Asset Contract from the source account.
+    """
+    if contract_id is not None:
+        target, function = contract_id, method
+        args = [scval.to_address(destination), scval.to_int128(stroops)]
+    else:
+        if asset is None:
+            raise ValueError("asset is required for a Stellar Asset Contract transfer")
+        target, function = asset.contract_id(network_passphrase), "transfer"
+        args = [scval.to_address(source.account.account_id), scval.to_address(destination), scval.to_int128(stroops)]
+    return (
+        TransactionBuilder(source, network_passphrase, base_fee=base_fee)
+        .append_invoke_contract_function_op(target, function, args)
+        .add_time_bounds(0, max_time)
+        .build()
+    )
+
+
+def parse_envelope(envelope_xdr: str, network_passphrase: str) -> TransactionEnvelope:
+    try:
+        envelope = TransactionEnvelope.from_xdr(envelope_xdr, network_passphrase)
+    except Exception as exc:  # the SDK and xdrlib3 raise assorted errors on bad or truncated input
+        raise EnvelopeError(f"not a base64 transaction envelope XDR ({type(exc).__name__})") from None
+    return envelope
+
+
+def decode_payout(envelope_xdr: str, network_passphrase: str) -> PayoutCall:
+    """The payout an envelope makes; :class:`EnvelopeError` if it is not a payout call."""
+    envelope = parse_envelope(envelope_xdr, network_passphrase)
+    tx = envelope.transaction
+    if len(tx.operations) != 1 or not isinstance(tx.operations[0], InvokeHostFunction):
+        raise EnvelopeError("a payout transaction has exactly one InvokeHostFunction operation")
+    function = tx.operations[0].host_function
+    if function.type != x.HostFunctionType.HOST_FUNCTION_TYPE_INVOKE_CONTRACT or function.invoke_contract is None:
+        raise EnvelopeError("a payout transaction invokes a contract function")
+    call = function.invoke_contract
+    name = call.function_name.sc_symbol.decode(errors="replace")
+    args = [scval.to_native(a) for a in call.args]
+    if name == "transfer" and len(args) == 3:
+        destination, amount = args[1], args[2]
+    elif name != "transfer" and len(args) == 2:
+        destination, amount = args[0], args[1]
+    else:
+        raise EnvelopeError(f"unexpected arguments for {name}")
+    if not isinstance(destination, Address) or not isinstance(amount, int):
+        raise EnvelopeError(f"{name} must be called with (to: Address, amount: i128)")
+    contract = call.contract_address.contract_id
+    if contract is None:
+        raise EnvelopeError("a payout transaction calls a contract address")
+    bounds = tx.preconditions.time_bounds if tx.preconditions is not None else None
+    return PayoutCall(
+        source=tx.source.account_id,
+        contract_id=StrKey.encode_contract(contract.contract_id.hash),
+        function=name,
+        destination=destination.address,
+        stroops=amount,
+        max_time=bounds.max_time if bounds is not None else 0,
+        hash=envelope.hash_hex(),
+    )
+
+
+def check_signed_envelope(
+    signed_xdr: str,
+    expected_hash: str,
+    network_passphrase: str,
+    signer_weights: dict[str, int],
+    threshold: int,
+) -> TransactionEnvelope:
+    """Promise 8: the signed XDR must be the very transaction that was built and carry
+    valid signatures whose weights meet ``threshold``. Returns the envelope; raises
+    :class:`EnvelopeError` with the reason otherwise.
+
+    ``signer_weights`` are the source account's signers (master key included) as read
+    from the ledger; signatures by other keys, or for another network, count for nothing.
+    """
+    envelope = parse_envelope(signed_xdr, network_passphrase)
+    if envelope.hash_hex() != expected_hash:
+        raise EnvelopeError("the signed XDR is not the transaction that was built (hash differs)")
+    if not envelope.signatures:
+        raise EnvelopeError("the signed XDR carries no signature")
+    payload = envelope.hash()
+    weight = 0
+    counted: set[str] = set()
+    for decorated in envelope.signatures:
+        signer = _verify(decorated.signature_hint, decorated.signature, payload, signer_weights)
+        if signer is None:
+            raise EnvelopeError(
+                "a signature does not verify for this transaction under the configured network "
+                f"({Network(network_passphrase).network_passphrase!r}) by any signer of the source account"
+            )
+        if signer not in counted:
+            counted.add(signer)
+            weight += signer_weights[signer]
+    if weight < max(threshold, 1):
+        raise EnvelopeError(f"signature weight {weight} is below the source account's threshold {threshold}")
+    return envelope
+
+
+def _verify(hint: bytes, signature: bytes, payload: bytes, signer_weights: dict[str, int]) -> str | None:
+    for signer, weight in signer_weights.items():
+        if weight <= 0:
+            continue
+        raw = StrKey.decode_ed25519_public_key(signer)
+        if raw[-4:] != hint:
+            continue
+        try:
+            VerifyKey(raw).verify(payload, signature)
+        except (BadSignatureError, ValueError):
+            continue
+        return signer
+    return None
+
