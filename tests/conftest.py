@@ -8,7 +8,10 @@ import aiohttp
 import pytest
 from stellar_sdk import SorobanServerAsync
 
+from temporalio.client import Client
+
 from tests.devnet_harness import DevnetAdmin, DevnetProcess, run_devnet
+from tests.payout_harness import temporal_environment
 
 
 @pytest.fixture(scope="session")
@@ -32,3 +35,9 @@ def admin(devnet: DevnetProcess, http_session: aiohttp.ClientSession) -> DevnetA
 async def server(devnet: DevnetProcess) -> AsyncIterator[SorobanServerAsync]:
     async with SorobanServerAsync(devnet.url) as soroban:
         yield soroban
+
+
+@pytest.fixture(scope="session")
+async def temporal_client() -> AsyncIterator[Client]:
+    async with temporal_environment() as env:
+        yield env.client
