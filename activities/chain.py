@@ -29,10 +29,7 @@ SIMULATION_FAILED = "SimulationFailed"
 SIGNATURE_REJECTED = "SignatureRejected"
 NON_RETRYABLE = [FEE_CAP_EXCEEDED, SIMULATION_FAILED, SIGNATURE_REJECTED]
 
-# How long an envelope stays valid. A hot-key envelope is signed at once; an external
-# signer (HSM, KMS, a person) gets longer before the envelope is rebuilt.
-HOT_KEY_VALIDITY_SECONDS = 120
-EXTERNAL_VALIDITY_SECONDS = 900
+BASE_INCLUSION_FEE = 100
 
 
 class ChainActivities:
@@ -46,7 +43,13 @@ class ChainActivities:
     async def build_envelope(self, request: BuildEnvelopeInput) -> BuiltEnvelope:
         settings = self.settings
         source = await self.rpc.load_account(settings.PAYOUT_SOURCE_ACCOUNT)
-        validity = EXTERNAL_VALIDITY_SECONDS if request.external_signing else HOT_KEY_VALIDITY_SECONDS
+        validity = (
+            settings.PAYOUTS_SIGNATURE_WINDOW_SECONDS if request.external_signing else settings.PAYOUTS_ENVELOPE_TTL_SECONDS
+        )
+        # Bid what recent ledgers charged (p90), so a fee surge does not strand the
+        # envelope in the queue; the cap below still bounds the total.
+        stats = await self.rpc.get_fee_stats()
+        inclusion_fee = max(BASE_INCLUSION_FEE, stats.soroban_inclusion_fee.p90)
         envelope = build_payout_transaction(
             source,
             settings.STELLAR_NETWORK_PASSPHRASE,
@@ -56,6 +59,7 @@ class ChainActivities:
             asset=resolve_asset(request.asset, settings.PAYOUT_USDC_ISSUER),
             contract_id=settings.PAYOUT_CONTRACT_ID,
             method=settings.PAYOUT_METHOD_NAME,
+            base_fee=inclusion_fee,
         )
         try:
             prepared = await self.rpc.prepare_transaction(envelope)

@@ -8,6 +8,9 @@ Decisions where the seed is silent:
   contract (``distribute_winnings(to, amount)``); when unset, they are Stellar Asset
   Contract ``transfer`` calls from ``PAYOUT_SOURCE_ACCOUNT``.
 - ``PAYOUT_USDC_ISSUER`` names the issuer behind the asset shorthand ``USDC``.
+- ``PAYOUTS_ENVELOPE_TTL_SECONDS`` (hot key, default 120) and
+  ``PAYOUTS_SIGNATURE_WINDOW_SECONDS`` (external signer, default 900) set the envelope's
+  time bound; an envelope is replaced only after its bound has provably passed.
 - ``PAYOUTS_SIGN_WITH_HOT_KEY=true`` requires ``PAYOUT_HOT_SIGNER_SECRET``; the secret is a
   :class:`~pydantic.SecretStr`, so it never prints, and nothing else reads it but the
   signing activity.
@@ -15,17 +18,32 @@ Decisions where the seed is silent:
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from stellar_sdk import StrKey
+
+
+S = TypeVar("S", bound=BaseSettings)
 
 
 class ConfigError(ValueError):
     """Every invalid or missing environment variable, one per line."""
 
 
-class PayoutSettings(BaseSettings):
+class TemporalSettings(BaseSettings):
+    """What a client of the engine (starter CLI, SDK user, API) needs: where Temporal is."""
+
     model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+
+    TEMPORAL_ADDRESS: str = "localhost:7233"
+    TEMPORAL_NAMESPACE: str = "default"
+    TEMPORAL_TASK_QUEUE: str = "payouts"
+
+
+class PayoutSettings(TemporalSettings):
+    """Everything a worker needs."""
 
     SOROBAN_RPC_URL: str = Field(pattern=r"^https?://\S+$")
     STELLAR_NETWORK_PASSPHRASE: str = Field(min_length=1)
@@ -42,10 +60,11 @@ class PayoutSettings(BaseSettings):
     PAYOUTS_MAX_ATTEMPTS: int = Field(default=5, ge=1, le=100)
     PAYOUTS_CONFIRM_POLL_MS: int = Field(default=2_500, ge=50, le=600_000)
     PAYOUTS_CONFIRM_MAX_POLLS: int = Field(default=20, ge=1, le=10_000)
+    # How long an envelope stays valid (its time bound): signed at once with the hot key,
+    # or waiting for an external signer. Past it, the envelope is rebuilt or declared dead.
+    PAYOUTS_ENVELOPE_TTL_SECONDS: int = Field(default=120, ge=10, le=86_400)
+    PAYOUTS_SIGNATURE_WINDOW_SECONDS: int = Field(default=900, ge=30, le=86_400)
 
-    TEMPORAL_ADDRESS: str = "localhost:7233"
-    TEMPORAL_NAMESPACE: str = "default"
-    TEMPORAL_TASK_QUEUE: str = "payouts"
     DATABASE_URL: str = "sqlite:///payouts.db"
 
     @field_validator("PAYOUT_SOURCE_ACCOUNT", "PAYOUT_USDC_ISSUER")
@@ -77,9 +96,17 @@ class PayoutSettings(BaseSettings):
 
 
 def load_settings(**overrides: object) -> PayoutSettings:
-    """Settings from the environment (``overrides`` win, for tests and CLIs)."""
+    """Worker settings from the environment (``overrides`` win, for tests and CLIs)."""
+    return _load(PayoutSettings, overrides)
+
+
+def load_temporal_settings(**overrides: object) -> TemporalSettings:
+    return _load(TemporalSettings, overrides)
+
+
+def _load(cls: type[S], overrides: dict[str, object]) -> S:
     try:
-        return PayoutSettings(**overrides)  # type: ignore[arg-type]
+        return cls(**overrides)  # type: ignore[arg-type]
     except ValidationError as exc:
         lines = []
         for error in exc.errors(include_input=False, include_url=False):

@@ -53,9 +53,9 @@ CHAIN_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=10),
     non_retryable_error_types=NON_RETRYABLE,
 )
-CHAIN_TIMEOUT = timedelta(seconds=30)
+CHAIN_TIMEOUT = timedelta(seconds=10)
 DB_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
-DB_TIMEOUT = timedelta(seconds=30)
+DB_TIMEOUT = timedelta(seconds=10)
 # Stop waiting for a signature this long before the envelope's bound, so that a signed
 # envelope still has time to reach a ledger.
 SIGNING_MARGIN_SECONDS = 15
@@ -275,7 +275,11 @@ class PayoutWorkflow:
         reason = await self._check_signature(built, signed_xdr)
         if reason is not None:
             raise ApplicationError(f"signature rejected: {reason}", type="SignatureRejected")
-        if self._awaiting is built and self._accepted_signature is None:
+        if self._awaiting is not built:
+            raise ApplicationError(
+                "the envelope expired while its signature was checked; sign the new one in status", type="SignatureRejected"
+            )
+        if self._accepted_signature is None:
             self._accepted_signature = signed_xdr
         return "accepted"
 

