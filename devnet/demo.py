@@ -16,7 +16,8 @@ import time
 from decimal import Decimal
 
 import aiohttp
-from stellar_sdk import Asset, Keypair, SorobanServerAsync, TransactionBuilder, scval
+from stellar_sdk import Asset, Keypair, TransactionBuilder, scval
+from stellar_sdk.soroban_server_async import SorobanServerAsync
 from stellar_sdk import xdr as x
 from stellar_sdk.soroban_rpc import GetTransactionStatus, SendTransactionStatus
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Union
 
 from stellar_sdk import Address, Asset, Keypair, StrKey
@@ -47,6 +48,57 @@ def nonce_key(address: str, nonce: int) -> EntryKey:
     return ("nonce", address, str(nonce))
 
 
+# StrKey encoding and decoding (base32 + CRC16 in pure Python) dominated the cost of
+# applying a transaction; devnet sees the same few account and contract IDs over and over,
+# so the conversions are memoized. The results are immutable (str, bytes) or never
+# mutated (Address, Keypair) and every caller builds fresh XDR objects from them; an
+# invalid input is not cached, so it raises exactly as the uncached call does.
+_STRKEY_CACHE = 1 << 16
+
+
+@lru_cache(maxsize=_STRKEY_CACHE)
+def _encode_account(raw: bytes) -> str:
+    return StrKey.encode_ed25519_public_key(raw)
+
+
+def account_strkey(raw: bytes) -> str:
+    """``StrKey.encode_ed25519_public_key``, memoized."""
+    return _encode_account(bytes(raw))
+
+
+@lru_cache(maxsize=_STRKEY_CACHE)
+def account_raw(account_id: str) -> bytes:
+    """``StrKey.decode_ed25519_public_key``, memoized."""
+    return StrKey.decode_ed25519_public_key(account_id)
+
+
+@lru_cache(maxsize=_STRKEY_CACHE)
+def _encode_contract(raw: bytes) -> str:
+    return StrKey.encode_contract(raw)
+
+
+def contract_strkey(raw: bytes) -> str:
+    """``StrKey.encode_contract``, memoized."""
+    return _encode_contract(bytes(raw))
+
+
+@lru_cache(maxsize=_STRKEY_CACHE)
+def contract_raw(contract_id: str) -> bytes:
+    """``StrKey.decode_contract``, memoized."""
+    return StrKey.decode_contract(contract_id)
+
+
+@lru_cache(maxsize=_STRKEY_CACHE)
+def sdk_address(address: str) -> Address:
+    """``Address(address)``, memoized (callers only read it, e.g. ``.to_xdr_sc_address()``)."""
+    return Address(address)
+
+
+@lru_cache(maxsize=_STRKEY_CACHE)
+def _keypair(account_id: str) -> Keypair:
+    return Keypair.from_public_key(account_id)
+
+
 def asset_string(asset: Asset) -> str:
     """``native`` or ``CODE:ISSUER`` — the form SAC events and devnet keys use."""
     return "native" if asset.is_native() else f"{asset.code}:{asset.issuer}"
@@ -60,12 +112,12 @@ def asset_from_string(text: str) -> Asset:
 
 
 def _account_id_xdr(account_id: str) -> x.AccountID:
-    return Keypair.from_public_key(account_id).xdr_account_id()
+    return _keypair(account_id).xdr_account_id()
 
 
 def _account_id_str(account_id: x.AccountID) -> str:
     assert account_id.account_id.ed25519 is not None
-    return StrKey.encode_ed25519_public_key(account_id.account_id.ed25519.uint256)
+    return account_strkey(account_id.account_id.ed25519.uint256)
 
 
 def sc_address_str(address: x.SCAddress) -> str:
@@ -74,7 +126,7 @@ def sc_address_str(address: x.SCAddress) -> str:
         return _account_id_str(address.account_id)
     if address.type == x.SCAddressType.SC_ADDRESS_TYPE_CONTRACT:
         assert address.contract_id is not None
-        return StrKey.encode_contract(address.contract_id.contract_id.hash)
+        return contract_strkey(address.contract_id.contract_id.hash)
     raise NotSupported(f"SCAddress type {address.type.name}")
 
 
@@ -100,7 +152,7 @@ def _balance_scval_key(holder: str) -> x.SCVal:
         vec=x.SCVec(
             [
                 x.SCVal(x.SCValType.SCV_SYMBOL, sym=x.SCSymbol(b"Balance")),
-                x.SCVal(x.SCValType.SCV_ADDRESS, address=Address(holder).to_xdr_sc_address()),
+                x.SCVal(x.SCValType.SCV_ADDRESS, address=sdk_address(holder).to_xdr_sc_address()),
             ]
         ),
     )
@@ -110,7 +162,7 @@ def _contract_data_key(contract: str, key: x.SCVal, durability: x.ContractDataDu
     return x.LedgerKey(
         x.LedgerEntryType.CONTRACT_DATA,
         contract_data=x.LedgerKeyContractData(
-            contract=Address(contract).to_xdr_sc_address(), key=key, durability=durability
+            contract=sdk_address(contract).to_xdr_sc_address(), key=key, durability=durability
         ),
     )
 
@@ -217,7 +269,7 @@ class AccountEntry:
             x.Signer(
                 key=x.SignerKey(
                     x.SignerKeyType.SIGNER_KEY_TYPE_ED25519,
-                    ed25519=x.Uint256(StrKey.decode_ed25519_public_key(k)),
+                    ed25519=x.Uint256(account_raw(k)),
                 ),
                 weight=x.Uint32(w),
             )
@@ -349,7 +401,7 @@ class ContractInstanceEntry:
             assert self.admin is not None
             storage = x.SCMap(
                 [
-                    _map_entry("admin", x.SCVal(x.SCValType.SCV_ADDRESS, address=Address(self.admin).to_xdr_sc_address())),
+                    _map_entry("admin", x.SCVal(x.SCValType.SCV_ADDRESS, address=sdk_address(self.admin).to_xdr_sc_address())),
                     _map_entry("token", x.SCVal(x.SCValType.SCV_STRING, str=x.SCString(self.asset.encode()))),
                 ]
             )

@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
-from stellar_sdk import Address, StrKey
 from stellar_sdk import xdr as x
 
 from devnet.entries import (
@@ -30,12 +29,15 @@ from devnet.entries import (
     NonceEntry,
     TrustlineEntry,
     account_key,
+    account_strkey,
     asset_from_string,
     contract_balance_key,
+    contract_raw,
     i128_scval,
     instance_key,
     nonce_key,
     sc_address_str,
+    sdk_address,
     trustline_key,
 )
 from devnet.errors import NotSupported
@@ -104,7 +106,7 @@ class Invocation:
             function=x.SorobanAuthorizedFunction(
                 x.SorobanAuthorizedFunctionType.SOROBAN_AUTHORIZED_FUNCTION_TYPE_CONTRACT_FN,
                 contract_fn=x.InvokeContractArgs(
-                    contract_address=Address(self.contract).to_xdr_sc_address(),
+                    contract_address=sdk_address(self.contract).to_xdr_sc_address(),
                     function_name=x.SCSymbol(self.function.encode()),
                     args=self.args,
                 ),
@@ -232,7 +234,7 @@ class SorobanHost:
             raise _contract_error(PAYOUT_INVALID_AMOUNT, f"amount must be positive: {amount}")
         token = asset_from_string(contract.asset).contract_id(self.passphrase)
         transfer = Invocation(token, "transfer", [
-            x.SCVal(x.SCValType.SCV_ADDRESS, address=Address(contract.contract_id).to_xdr_sc_address()),
+            x.SCVal(x.SCValType.SCV_ADDRESS, address=sdk_address(contract.contract_id).to_xdr_sc_address()),
             to_v,
             amount_v,
         ])
@@ -334,7 +336,7 @@ class SorobanHost:
         run.instructions += INSTRUCTIONS_PER_SIGNATURE
         nonce = secrets.randbits(63)
         address_creds = x.SorobanAddressCredentials(
-            address=Address(address).to_xdr_sc_address(),
+            address=sdk_address(address).to_xdr_sc_address(),
             nonce=x.Int64(nonce),
             signature_expiration_ledger=x.Uint32(0),
             signature=x.SCVal(x.SCValType.SCV_VOID),
@@ -434,7 +436,7 @@ def _signature_weight(account: AccountEntry, signature: x.SCVal, payload: bytes)
         if public_key <= previous:
             raise HostError("Error(Auth, InvalidInput)", "signatures must be sorted by public key without duplicates")
         previous = public_key
-        signer = StrKey.encode_ed25519_public_key(public_key)
+        signer = account_strkey(public_key)
         if signer not in weights:
             raise HostError("Error(Auth, InvalidAction)", f"{signer} is not a signer of {account.account_id}")
         try:
@@ -476,13 +478,13 @@ def _i128(value: x.SCVal) -> int:
 def _transfer_event(sac: ContractInstanceEntry, sender: str, receiver: str, amount: int) -> x.ContractEvent:
     topics = [
         x.SCVal(x.SCValType.SCV_SYMBOL, sym=x.SCSymbol(b"transfer")),
-        x.SCVal(x.SCValType.SCV_ADDRESS, address=Address(sender).to_xdr_sc_address()),
-        x.SCVal(x.SCValType.SCV_ADDRESS, address=Address(receiver).to_xdr_sc_address()),
+        x.SCVal(x.SCValType.SCV_ADDRESS, address=sdk_address(sender).to_xdr_sc_address()),
+        x.SCVal(x.SCValType.SCV_ADDRESS, address=sdk_address(receiver).to_xdr_sc_address()),
         x.SCVal(x.SCValType.SCV_STRING, str=x.SCString(sac.asset.encode())),
     ]
     return x.ContractEvent(
         ext=x.ExtensionPoint(0),
-        contract_id=x.ContractID(x.Hash(StrKey.decode_contract(sac.contract_id))),
+        contract_id=x.ContractID(x.Hash(contract_raw(sac.contract_id))),
         type=x.ContractEventType.CONTRACT,
         body=x.ContractEventBody(0, v0=x.ContractEventV0(topics=topics, data=i128_scval(amount))),
     )

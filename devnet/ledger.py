@@ -4,16 +4,18 @@
 loop. It follows stellar-core where the payout engine can tell the difference:
 
 - submission (``submit``): banned hash → TRY_AGAIN_LATER; same hash queued → DUPLICATE;
-  another transaction of the source account queued → TRY_AGAIN_LATER; then ``checkValid``
+  another transaction of the source account queued → TRY_AGAIN_LATER (ERROR txBAD_SEQ if
+  its sequence number is below the queued one's); then ``checkValid``
   (sequence, signatures and thresholds, time and ledger bounds, fees) → ERROR + result;
-- ledger close: queued transactions that are no longer valid are dropped, the rest are
+- ledger close: queued transactions that are no longer valid are dropped and banned for
+  10 ledgers (as stellar-core bans the invalid ones left in its queue), the rest are
   applied in arrival order (one per source account, at most ``max_tx_set_size``); a
   transaction left in the queue for 4 ledgers is dropped and its hash banned for 10;
 - apply: fee and sequence number are consumed first and stay consumed when an operation
   fails; applied hashes are banned for 10 ledgers (re-sending → TRY_AGAIN_LATER, then
   txBAD_SEQ from ``checkValid``), never DUPLICATE.
 
-Deliberate simplifications (documented in devnet/README.md): the whole declared resource
+Deliberate simplifications (documented in README.md): the whole declared resource
 fee is charged (no refund of the refundable part); Stellar Asset Contracts exist
 implicitly — XLM's from genesis, an issued asset's from the first trustline to it.
 """
@@ -334,7 +336,12 @@ class Devnet:
             return SendResult("TRY_AGAIN_LATER", tx_hash)
         if tx_hash in self.queue:
             return SendResult("DUPLICATE", tx_hash)
-        if ptx.source in self.queued_accounts:
+        queued_hash = self.queued_accounts.get(ptx.source)
+        if queued_hash is not None:
+            # Older than the queued transaction of the account: invalid (stellar-core
+            # TransactionQueue::canAdd); anything else waits for the queued one.
+            if ptx.seq_num < self.queue[queued_hash].ptx.seq_num:
+                return SendResult("ERROR", tx_hash, _result(ptx.fee, TC.txBAD_SEQ))
             return SendResult("TRY_AGAIN_LATER", tx_hash)
         min_fee = resource_fee(ptx.soroban.resources) if ptx.soroban is not None else None
         code = check_valid(ptx, self.state, self.latest.sequence + 1, int(time.time()), min_fee)
@@ -369,10 +376,11 @@ class Devnet:
             ptx = queued.ptx
             if len(record.tx_hashes) >= self.max_tx_set_size:
                 break
-            if ptx.inclusion_fee < base_fee * len(ptx.tx.operations):
-                continue
             if check_valid(ptx, self.state, seq, close_time, queued.min_resource_fee) is not None:
                 self._dequeue(tx_hash)
+                self.bans[tx_hash] = seq + BAN_LEDGERS
+                continue
+            if ptx.inclusion_fee < base_fee * len(ptx.tx.operations):
                 continue
             self._dequeue(tx_hash)
             self._apply(ptx, record, base_fee)
@@ -439,8 +447,13 @@ class Devnet:
             created_at=record.close_time,
             envelope_xdr=ptx.envelope_xdr,
             successful=successful,
-            result=_result(fee_charged, TC.txSUCCESS if successful else TC.txFAILED, results),
-            meta=transaction_meta(before, op_meta, return_value if successful else None, ptx.soroban is not None),
+            # Kept encoded, like records loaded from the state file: the XDR object trees
+            # are ~160 objects per transaction that the garbage collector would otherwise
+            # rescan for as long as the transaction is retained.
+            stored_result_xdr=_result(fee_charged, TC.txSUCCESS if successful else TC.txFAILED, results).to_xdr(),
+            stored_meta_xdr=transaction_meta(
+                before, op_meta, return_value if successful else None, ptx.soroban is not None
+            ).to_xdr(),
         )
 
     def _apply_operation(

@@ -40,14 +40,16 @@ class RpcError(Exception):
 
 
 class _Params(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # strict: "1" is not an integer and "true" not a boolean, as for the real RPC's JSON decoding
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True)
 
 
 class _NoParams(_Params):
     pass
 
 
-XdrFormat = Literal["base64"]
+# "json" is a valid value on a real RPC; devnet answers it with a "not supported" error.
+XdrFormat = Literal["base64", "json"]
 
 
 class _LedgerEntriesParams(_Params):
@@ -131,6 +133,8 @@ class RpcMethods:
             parsed = model.model_validate(params)
         except ValidationError as exc:
             raise RpcError(INVALID_PARAMS, _describe(exc)) from None
+        if getattr(parsed, "xdr_format", None) == "json":
+            raise RpcError(INVALID_PARAMS, "invalid params: xdrFormat: json is not supported by devnet (use base64)")
         try:
             return handler(parsed)
         except MalformedEnvelope as exc:

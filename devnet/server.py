@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 from typing import Any
 
 from aiohttp import web
@@ -39,6 +40,19 @@ MAX_BODY_BYTES = 512 * 1024
 def _rpc_error(request_id: Any, code: int, message: str, status: int = 200) -> web.Response:
     body = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
     return web.json_response(body, status=status)
+
+
+def _reject_constant(name: str) -> Any:
+    """``NaN``/``Infinity`` are not JSON (RFC 8259); echoing them back would make the answer invalid JSON."""
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _finite_float(text: str) -> float:
+    """A JSON number too large for a float (``1e999``) would be echoed back as ``Infinity``."""
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"number {text} is out of range")
+    return value
 
 
 def _problem(status: int, detail: str) -> web.Response:
@@ -108,8 +122,8 @@ class DevnetServer:
         except web.HTTPRequestEntityTooLarge:
             return _rpc_error(None, INVALID_REQUEST, f"request body larger than {MAX_BODY_BYTES} bytes", status=413)
         try:
-            message = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            message = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
+        except (ValueError, RecursionError):  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity, deep nesting
             return _rpc_error(None, PARSE_ERROR, "parse error: request body is not valid JSON")
         if isinstance(message, list):
             return _rpc_error(None, INVALID_REQUEST, "batch requests are not supported by devnet")
@@ -183,6 +197,7 @@ class DevnetServer:
             sequence = self.devnet.consume_sequence(body.account)
         except ValueError as exc:
             return _problem(400, str(exc))
+        self.devnet.save()  # like an applied transaction, the used sequence number must survive a restart
         return web.json_response({"account": body.account, "sequence": str(sequence)})
 
     async def deploy_payout_contract(self, request: web.Request) -> web.Response:

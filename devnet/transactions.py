@@ -10,10 +10,9 @@ from dataclasses import dataclass
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
-from stellar_sdk import StrKey
 from stellar_sdk import xdr as x
 
-from devnet.entries import AccountEntry, account_key
+from devnet.entries import AccountEntry, account_key, account_raw, account_strkey
 from devnet.errors import NotSupported
 from devnet.state import LedgerState, LedgerTxn
 
@@ -36,9 +35,9 @@ def muxed_account_id(account: x.MuxedAccount) -> str:
     """The G… account behind a (possibly muxed) account."""
     if account.type == x.CryptoKeyType.KEY_TYPE_ED25519:
         assert account.ed25519 is not None
-        return StrKey.encode_ed25519_public_key(account.ed25519.uint256)
+        return account_strkey(account.ed25519.uint256)
     assert account.med25519 is not None
-    return StrKey.encode_ed25519_public_key(account.med25519.ed25519.uint256)
+    return account_strkey(account.med25519.ed25519.uint256)
 
 
 @dataclass
@@ -146,7 +145,7 @@ def signed_weight(
     """
     weight = 0
     for key_id, key_weight in account.signer_weights().items():
-        raw_key = StrKey.decode_ed25519_public_key(key_id)
+        raw_key = account_raw(key_id)
         for index, (hint, signature) in enumerate(signatures):
             if hint != raw_key[-4:]:
                 continue
