@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import argparse
-import gc
 import logging
-import os
 from pathlib import Path
 
 from aiohttp import web
@@ -36,22 +34,10 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"cannot use state file {args.state_file}: {exc}")
     url = f"http://{args.host}:{args.port}"
     server = DevnetServer(devnet, args.ledger_close_ms, url)
-    _gc_experiment()
     print(f"devnet RPC URL:       {url}", flush=True)
     print(f"network passphrase:   {devnet.passphrase}", flush=True)
     print(f"friendbot URL:        {url}/friendbot", flush=True)
     web.run_app(server.app, host=args.host, port=args.port, print=None, access_log=None)
-
-
-def _gc_experiment() -> None:
-    mode = os.environ.get("DEVNET_GC", "")
-    if "freeze" in mode:
-        gc.collect()
-        gc.freeze()
-    if "t100" in mode:
-        gc.set_threshold(700, 10, 100)
-    if "big" in mode:
-        gc.set_threshold(10_000, 10, 100)
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -43,26 +44,36 @@ def run_devnet(ledger_close_ms: int = 200, *extra: str, state_file: Path | None 
     args = [sys.executable, "-m", "devnet", "--port", str(port), "--ledger-close-ms", str(ledger_close_ms), *extra]
     if state_file is not None:
         args += ["--state-file", str(state_file)]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    # stderr goes to a file, not a pipe: nobody drains a pipe while tests run, and once ~64 KB
+    # of log lines fill it, devnet blocks on its next write and stops answering.
+    stderr = tempfile.TemporaryFile()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/admin/stats", timeout=1).read()
-            break
-        except (urllib.error.URLError, ConnectionError):
-            if process.poll() is not None or time.monotonic() > deadline:
-                stderr = process.stderr.read().decode() if process.stderr else ""
-                raise RuntimeError(f"devnet did not start: {stderr}") from None
-            time.sleep(0.05)
     try:
-        yield DevnetProcess(url, process)
-    finally:
-        process.terminate()
+        while True:
+            try:
+                urllib.request.urlopen(f"{url}/admin/stats", timeout=1).read()
+                break
+            except (urllib.error.URLError, ConnectionError):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    if process.poll() is None:
+                        process.kill()
+                        process.wait()
+                    stderr.seek(0)
+                    raise RuntimeError(f"devnet did not start: {stderr.read().decode(errors='replace')}") from None
+                time.sleep(0.05)
         try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
+            yield DevnetProcess(url, process)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    finally:
+        stderr.close()
 
 
 class DevnetAdmin:
