@@ -30,7 +30,6 @@ import os
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -79,24 +78,10 @@ class TransactionRecord:
     created_at: int
     envelope_xdr: str
     successful: bool
-    result: x.TransactionResult | None = None
-    meta: x.TransactionMeta | None = None
-    stored_result_xdr: str | None = None
-    stored_meta_xdr: str | None = None
-
-    @cached_property
-    def result_xdr(self) -> str:
-        if self.stored_result_xdr is not None:
-            return self.stored_result_xdr
-        assert self.result is not None
-        return self.result.to_xdr()
-
-    @cached_property
-    def result_meta_xdr(self) -> str:
-        if self.stored_meta_xdr is not None:
-            return self.stored_meta_xdr
-        assert self.meta is not None
-        return self.meta.to_xdr()
+    # Kept encoded: XDR object trees for every retained transaction would weigh on the
+    # garbage collector and stall ledger closes.
+    result_xdr: str
+    result_meta_xdr: str
 
 
 @dataclass
@@ -302,7 +287,7 @@ class Devnet:
         for t in body["transactions"]:
             self.transactions[t["hash"]] = TransactionRecord(
                 t["hash"], t["ledger"], t["application_order"], t["created_at"], t["envelope_xdr"],
-                t["successful"], stored_result_xdr=t["result_xdr"], stored_meta_xdr=t["meta_xdr"],
+                t["successful"], t["result_xdr"], t["meta_xdr"],
             )
         log.info("loaded %d entries at ledger %d from %s", len(self.state.entries), self.latest.sequence, path)
 
@@ -450,8 +435,8 @@ class Devnet:
             # Kept encoded, like records loaded from the state file: the XDR object trees
             # are ~160 objects per transaction that the garbage collector would otherwise
             # rescan for as long as the transaction is retained.
-            stored_result_xdr=_result(fee_charged, TC.txSUCCESS if successful else TC.txFAILED, results).to_xdr(),
-            stored_meta_xdr=transaction_meta(
+            result_xdr=_result(fee_charged, TC.txSUCCESS if successful else TC.txFAILED, results).to_xdr(),
+            result_meta_xdr=transaction_meta(
                 before, op_meta, return_value if successful else None, ptx.soroban is not None
             ).to_xdr(),
         )

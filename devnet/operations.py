@@ -100,6 +100,7 @@ def payment(ltx: LedgerTxn, source_id: str, op: x.PaymentOp) -> x.OperationResul
         ltx.put(dest)
         return result(PAY.PAYMENT_SUCCESS)
     name = asset_string(asset)
+    assert asset.issuer is not None  # a credit asset
     if ltx.get(account_key(asset.issuer)) is None:
         return result(PAY.PAYMENT_NO_ISSUER)
     if source_id != asset.issuer:
@@ -143,6 +144,7 @@ def change_trust(ltx: LedgerTxn, source_id: str, op: x.ChangeTrustOp) -> x.Opera
     if asset.issuer == source_id:
         return result(CT.CHANGE_TRUST_SELF_NOT_ALLOWED)
     name = asset_string(asset)
+    assert asset.issuer is not None  # a credit asset
     key = trustline_key(source_id, name)
     line = ltx.load(key)
     source = ltx.load(account_key(source_id))
