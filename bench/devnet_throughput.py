@@ -106,10 +106,20 @@ class DevnetProcess:
 def devnet_process(ledger_close_ms: int, profile: Path | None) -> Iterator[DevnetProcess]:
     port = _free_port()
     prefix = [sys.executable] + (["-m", "cProfile", "-o", str(profile)] if profile else [])
-    args = [*prefix, "-m", "devnet", "--port", str(port), "--ledger-close-ms", str(ledger_close_ms),
-            "--max-tx-set-size", "1000"]
-    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    args = [
+        *prefix,
+        "-m",
+        "devnet",
+        "--port",
+        str(port),
+        "--ledger-close-ms",
+        str(ledger_close_ms),
+        "--max-tx-set-size",
+        "1000",
+    ]
+    process = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env={**os.environ, "PYTHONUNBUFFERED": "1"}
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
     while True:
@@ -196,7 +206,8 @@ async def prepare(url: str, accounts: int, rounds: int, concurrency: int) -> Pre
         tx = (
             TransactionBuilder(Account(source.public_key, sequences[index]), PASSPHRASE, base_fee=100)
             .append_invoke_contract_function_op(
-                native, "transfer",
+                native,
+                "transfer",
                 [scval.to_address(source.public_key), scval.to_address(destination), scval.to_int128(XLM)],
             )
             .set_timeout(900)
@@ -462,8 +473,11 @@ async def bench(args: argparse.Namespace) -> int:
     with devnet_process(close_ms, args.profile) as devnet:
         t = time.perf_counter()
         prep = await prepare(devnet.url, args.accounts, args.rounds, args.concurrency)
-        print(f"prepared {args.accounts} funded accounts × {args.rounds} rounds = {total} signed SAC transfers "
-              f"in {time.perf_counter() - t:.1f}s (not timed)", flush=True)
+        print(
+            f"prepared {args.accounts} funded accounts × {args.rounds} rounds = {total} signed SAC transfers "
+            f"in {time.perf_counter() - t:.1f}s (not timed)",
+            flush=True,
+        )
         connector = aiohttp.TCPConnector(limit=args.concurrency + 2)
         async with aiohttp.ClientSession(connector=connector) as session:
             client = Client(devnet.url, session)
@@ -495,35 +509,67 @@ async def bench(args: argparse.Namespace) -> int:
     lat = load.send_latencies_ms
     n = inproc.transactions
     rows = [
-        ("(a) HTTP sendTransaction → applied", f"{load.tps:6.0f} tx/s", us(load_cpu),
-         f"{load.successful}/{total} SUCCESS in {load.elapsed:.2f}s over {load.ledgers_used} ledgers; "
-         f"client CPU {client_cpu * 1e6:.0f} µs/tx"),
-        ("    sendTransaction latency", f"{percentile(lat, 0.5):6.1f} ms", "",
-         f"p50; p95 {percentile(lat, 0.95):.1f} ms; {load.retries} TRY_AGAIN_LATER retries; "
-         f"errors: {load.errors or 'none'}"),
-        ("    baseline: getHealth over HTTP", f"{ceiling:6.0f} /s", us(ceiling_cpu),
-         "harness/HTTP ceiling: same client, connector and concurrency"),
-        ("    baseline: in-process submit+close", f"{inproc.tps:6.0f} tx/s", us(inproc.cpu_s / n),
-         f"Devnet.submit {inproc.submit_s / n * 1e6:.0f} µs/tx + close_ledger {inproc.close_s / n * 1e6:.0f} µs/tx "
-         f"(wall), no HTTP"),
-        ("    baseline: + result/meta XDR", f"{inproc.tps_with_encoding:6.0f} tx/s", "",
-         f"+ {inproc.encode_s / n * 1e6:.0f} µs/tx reading the result/meta XDR getTransactions returns "
-         f"({inproc.successful} SUCCESS)"),
+        (
+            "(a) HTTP sendTransaction → applied",
+            f"{load.tps:6.0f} tx/s",
+            us(load_cpu),
+            f"{load.successful}/{total} SUCCESS in {load.elapsed:.2f}s over {load.ledgers_used} ledgers; "
+            f"client CPU {client_cpu * 1e6:.0f} µs/tx",
+        ),
+        (
+            "    sendTransaction latency",
+            f"{percentile(lat, 0.5):6.1f} ms",
+            "",
+            f"p50; p95 {percentile(lat, 0.95):.1f} ms; {load.retries} TRY_AGAIN_LATER retries; "
+            f"errors: {load.errors or 'none'}",
+        ),
+        (
+            "    baseline: getHealth over HTTP",
+            f"{ceiling:6.0f} /s",
+            us(ceiling_cpu),
+            "harness/HTTP ceiling: same client, connector and concurrency",
+        ),
+        (
+            "    baseline: in-process submit+close",
+            f"{inproc.tps:6.0f} tx/s",
+            us(inproc.cpu_s / n),
+            f"Devnet.submit {inproc.submit_s / n * 1e6:.0f} µs/tx + close_ledger {inproc.close_s / n * 1e6:.0f} µs/tx "
+            f"(wall), no HTTP",
+        ),
+        (
+            "    baseline: + result/meta XDR",
+            f"{inproc.tps_with_encoding:6.0f} tx/s",
+            "",
+            f"+ {inproc.encode_s / n * 1e6:.0f} µs/tx reading the result/meta XDR getTransactions returns "
+            f"({inproc.successful} SUCCESS)",
+        ),
         ("    ratio HTTP / getHealth ceiling", f"{load.tps / ceiling:6.2f}", "", ""),
-        ("    ratio HTTP / in-process", f"{load.tps / inproc.tps:6.2f}", "",
-         f"{load.tps / inproc.tps_with_encoding:.2f} against in-process + XDR; "
-         f"CPU per tx in-process / devnet under HTTP = {inproc.cpu_s / n / load_cpu:.2f}"),
+        (
+            "    ratio HTTP / in-process",
+            f"{load.tps / inproc.tps:6.2f}",
+            "",
+            f"{load.tps / inproc.tps_with_encoding:.2f} against in-process + XDR; "
+            f"CPU per tx in-process / devnet under HTTP = {inproc.cpu_s / n / load_cpu:.2f}",
+        ),
     ]
     for drift in (idle, loaded):
-        rows.append((f"(b) close interval, {drift.label}", f"{drift.mean:6.1f} ms", "",
-                     f"n={drift.n}; p95 {drift.p95:.1f} ms; max {max(drift.intervals, default=math.nan):.1f} ms; "
-                     f"drift |mean−{close_ms}|/{close_ms} = {drift.drift:.1%}; "
-                     f"cumulative {drift.cumulative_ms:+.1f} ms"))
+        rows.append(
+            (
+                f"(b) close interval, {drift.label}",
+                f"{drift.mean:6.1f} ms",
+                "",
+                f"n={drift.n}; p95 {drift.p95:.1f} ms; max {max(drift.intervals, default=math.nan):.1f} ms; "
+                f"drift |mean−{close_ms}|/{close_ms} = {drift.drift:.1%}; "
+                f"cumulative {drift.cumulative_ms:+.1f} ms",
+            )
+        )
     width = max(len(r[0]) for r in rows)
     line = "-" * 120
     print()
-    print(f"devnet benchmark: {args.accounts} accounts × {args.rounds} rounds, concurrency {args.concurrency}, "
-          f"--ledger-close-ms {close_ms}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
+    print(
+        f"devnet benchmark: {args.accounts} accounts × {args.rounds} rounds, concurrency {args.concurrency}, "
+        f"--ledger-close-ms {close_ms}; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end"
+    )
     print(line)
     print(f"{'':<{width}}  {'rate':>12}  {'devnet CPU/op':>13}  notes")
     print(line)
@@ -532,8 +578,10 @@ async def bench(args: argparse.Namespace) -> int:
     print(line)
     ok_tps = load.tps >= TARGET_TPS and load.successful == total
     ok_drift = all(d.n and d.drift <= TARGET_DRIFT for d in (idle, loaded))
-    print(f"target ≥ {TARGET_TPS} tx/s: {'met' if ok_tps else 'MISSED'}; "
-          f"target drift ≤ {TARGET_DRIFT:.0%}: {'met' if ok_drift else 'MISSED'}")
+    print(
+        f"target ≥ {TARGET_TPS} tx/s: {'met' if ok_tps else 'MISSED'}; "
+        f"target drift ≤ {TARGET_DRIFT:.0%}: {'met' if ok_drift else 'MISSED'}"
+    )
     if args.profile:
         print_profile(args.profile, "devnet process (cProfile)", args.profile_top)
     if args.profile_inprocess:
@@ -544,8 +592,9 @@ async def bench(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.devnet_throughput", description=__doc__.split("\n\n")[0])
     parser.add_argument("--accounts", type=int, default=1000, help="source accounts (default 1000)")
-    parser.add_argument("--rounds", type=int, default=6,
-                        help="transactions per account, consecutive sequence numbers (default 6)")
+    parser.add_argument(
+        "--rounds", type=int, default=6, help="transactions per account, consecutive sequence numbers (default 6)"
+    )
     parser.add_argument("--concurrency", type=int, default=32, help="HTTP requests in flight (default 32)")
     parser.add_argument("--ledger-close-ms", type=int, default=100, help="devnet ledger cadence (default 100)")
     parser.add_argument("--idle-closes", type=int, default=100, help="ledger closes to watch while idle (default 100)")

@@ -17,7 +17,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)
     parser.add_argument("--ledger-close-ms", type=int, default=5000, help="ledger cadence (default 5000)")
-    parser.add_argument("--state-file", type=Path, default=None, help="keep the ledger in this JSON file across restarts")
+    parser.add_argument(
+        "--state-file", type=Path, default=None, help="keep the ledger in this JSON file across restarts"
+    )
     parser.add_argument("--passphrase", default=STANDALONE_PASSPHRASE)
     parser.add_argument("--max-tx-set-size", type=int, default=1000, help="transactions per ledger at most")
     parser.add_argument("--log-level", default="WARNING")

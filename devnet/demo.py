@@ -17,9 +17,9 @@ from decimal import Decimal
 
 import aiohttp
 from stellar_sdk import Asset, Keypair, TransactionBuilder, scval
-from stellar_sdk.soroban_server_async import SorobanServerAsync
 from stellar_sdk import xdr as x
 from stellar_sdk.soroban_rpc import GetTransactionStatus, SendTransactionStatus
+from stellar_sdk.soroban_server_async import SorobanServerAsync
 
 STROOPS_PER_XLM = 10_000_000
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Union
 
 from stellar_sdk import Address, Asset, Keypair, StrKey
 from stellar_sdk import xdr as x
@@ -170,18 +169,14 @@ def _contract_data_key(contract: str, key: x.SCVal, durability: x.ContractDataDu
 def key_to_xdr(key: EntryKey) -> x.LedgerKey:
     kind = key[0]
     if kind == "account":
-        return x.LedgerKey(
-            x.LedgerEntryType.ACCOUNT, account=x.LedgerKeyAccount(_account_id_xdr(key[1]))
-        )
+        return x.LedgerKey(x.LedgerEntryType.ACCOUNT, account=x.LedgerKeyAccount(_account_id_xdr(key[1])))
     if kind == "trustline":
         return x.LedgerKey(
             x.LedgerEntryType.TRUSTLINE,
             trust_line=x.LedgerKeyTrustLine(_account_id_xdr(key[1]), _trustline_asset_xdr(key[2])),
         )
     if kind == "balance":
-        return _contract_data_key(
-            key[1], _balance_scval_key(key[2]), x.ContractDataDurability.PERSISTENT
-        )
+        return _contract_data_key(key[1], _balance_scval_key(key[2]), x.ContractDataDurability.PERSISTENT)
     if kind == "instance":
         return _contract_data_key(
             key[1],
@@ -207,9 +202,7 @@ def key_from_xdr(key: x.LedgerKey) -> EntryKey:
         return account_key(_account_id_str(key.account.account_id))
     if key.type == x.LedgerEntryType.TRUSTLINE:
         assert key.trust_line is not None
-        return trustline_key(
-            _account_id_str(key.trust_line.account_id), _trustline_asset_str(key.trust_line.asset)
-        )
+        return trustline_key(_account_id_str(key.trust_line.account_id), _trustline_asset_str(key.trust_line.asset))
     if key.type == x.LedgerEntryType.CONTRACT_DATA:
         assert key.contract_data is not None
         data = key.contract_data
@@ -311,9 +304,7 @@ class TrustlineEntry:
             flags=x.Uint32(TRUSTLINE_AUTHORIZED_FLAG if self.authorized else 0),
             ext=x.TrustLineEntryExt(0),
         )
-        return _ledger_entry(
-            self.last_modified, x.LedgerEntryData(x.LedgerEntryType.TRUSTLINE, trust_line=entry)
-        )
+        return _ledger_entry(self.last_modified, x.LedgerEntryData(x.LedgerEntryType.TRUSTLINE, trust_line=entry))
 
 
 def _map_entry(name: str, value: x.SCVal) -> x.SCMapEntry:
@@ -327,9 +318,7 @@ def i128_scval(value: int) -> x.SCVal:
     )
 
 
-def _contract_data_entry(
-    last_modified: int, ledger_key: x.LedgerKey, value: x.SCVal
-) -> x.LedgerEntry:
+def _contract_data_entry(last_modified: int, ledger_key: x.LedgerKey, value: x.SCVal) -> x.LedgerEntry:
     assert ledger_key.contract_data is not None
     data = x.ContractDataEntry(
         ext=x.ExtensionPoint(0),
@@ -371,9 +360,7 @@ class ContractBalanceEntry:
 
 # The payout contract is built into devnet rather than compiled to Wasm; its instance
 # names this fixed hash as its code so that clients see an ordinary Wasm contract.
-PAYOUT_CONTRACT_WASM_HASH = bytes.fromhex(
-    "5d1a7c3f4e2b9a8d6c0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e"
-)
+PAYOUT_CONTRACT_WASM_HASH = bytes.fromhex("5d1a7c3f4e2b9a8d6c0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e")
 
 
 @dataclass
@@ -401,7 +388,9 @@ class ContractInstanceEntry:
             assert self.admin is not None
             storage = x.SCMap(
                 [
-                    _map_entry("admin", x.SCVal(x.SCValType.SCV_ADDRESS, address=sdk_address(self.admin).to_xdr_sc_address())),
+                    _map_entry(
+                        "admin", x.SCVal(x.SCValType.SCV_ADDRESS, address=sdk_address(self.admin).to_xdr_sc_address())
+                    ),
                     _map_entry("token", x.SCVal(x.SCValType.SCV_STRING, str=x.SCString(self.asset.encode()))),
                 ]
             )
@@ -425,12 +414,10 @@ class NonceEntry:
         return nonce_key(self.address, self.nonce)
 
     def to_xdr(self) -> x.LedgerEntry:
-        return _contract_data_entry(
-            self.last_modified, key_to_xdr(self.key()), x.SCVal(x.SCValType.SCV_VOID)
-        )
+        return _contract_data_entry(self.last_modified, key_to_xdr(self.key()), x.SCVal(x.SCValType.SCV_VOID))
 
 
-Entry = Union[AccountEntry, TrustlineEntry, ContractBalanceEntry, ContractInstanceEntry, NonceEntry]
+Entry = AccountEntry | TrustlineEntry | ContractBalanceEntry | ContractInstanceEntry | NonceEntry
 
 
 def copy_entry(entry: Entry) -> Entry:
@@ -440,9 +427,7 @@ def copy_entry(entry: Entry) -> Entry:
 
 
 def _ledger_entry(last_modified: int, data: x.LedgerEntryData) -> x.LedgerEntry:
-    return x.LedgerEntry(
-        last_modified_ledger_seq=x.Uint32(last_modified), data=data, ext=x.LedgerEntryExt(0)
-    )
+    return x.LedgerEntry(last_modified_ledger_seq=x.Uint32(last_modified), data=data, ext=x.LedgerEntryExt(0))
 
 
 def entry_to_json(entry: Entry) -> dict[str, object]:
@@ -452,8 +437,7 @@ def entry_to_json(entry: Entry) -> dict[str, object]:
 
 
 _ENTRY_TYPES: dict[str, type] = {
-    cls.__name__: cls
-    for cls in (AccountEntry, TrustlineEntry, ContractBalanceEntry, ContractInstanceEntry, NonceEntry)
+    cls.__name__: cls for cls in (AccountEntry, TrustlineEntry, ContractBalanceEntry, ContractInstanceEntry, NonceEntry)
 }
 
 

@@ -90,9 +90,7 @@ class Faults:
 
     def describe(self) -> dict[str, Any]:
         return {
-            "rules": [
-                {**a.rule.model_dump(), "remaining": a.remaining, "hits": a.hits} for a in self._rules
-            ],
+            "rules": [{**a.rule.model_dump(), "remaining": a.remaining, "hits": a.hits} for a in self._rules],
             "fee_surge": self.surge_fee,
             "ledger_stall": self.ledger_stall,
         }

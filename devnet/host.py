@@ -64,8 +64,21 @@ PAYOUT_INVALID_AMOUNT = 1
 
 SAC_SUPPORTED = {"transfer", "balance"}
 SAC_KNOWN = SAC_SUPPORTED | {
-    "allowance", "approve", "burn", "burn_from", "clawback", "decimals", "mint", "name",
-    "set_admin", "admin", "set_authorized", "authorized", "symbol", "transfer_from", "trust",
+    "allowance",
+    "approve",
+    "burn",
+    "burn_from",
+    "clawback",
+    "decimals",
+    "mint",
+    "name",
+    "set_admin",
+    "admin",
+    "set_authorized",
+    "authorized",
+    "symbol",
+    "transfer_from",
+    "trust",
 }
 
 
@@ -203,7 +216,9 @@ class SorobanHost:
 
     def _sac(self, run: _Run, sac: ContractInstanceEntry, inv: Invocation, caller: str | None) -> x.SCVal:
         if inv.function not in SAC_KNOWN:
-            raise HostError("Error(WasmVm, MissingValue)", f"the Stellar Asset Contract has no function {inv.function!r}")
+            raise HostError(
+                "Error(WasmVm, MissingValue)", f"the Stellar Asset Contract has no function {inv.function!r}"
+            )
         if inv.function not in SAC_SUPPORTED:
             raise NotSupported(f"Stellar Asset Contract function {inv.function!r}")
         if inv.function == "balance":
@@ -233,11 +248,15 @@ class SorobanHost:
         if amount <= 0:
             raise _contract_error(PAYOUT_INVALID_AMOUNT, f"amount must be positive: {amount}")
         token = asset_from_string(contract.asset).contract_id(self.passphrase)
-        transfer = Invocation(token, "transfer", [
-            x.SCVal(x.SCValType.SCV_ADDRESS, address=sdk_address(contract.contract_id).to_xdr_sc_address()),
-            to_v,
-            amount_v,
-        ])
+        transfer = Invocation(
+            token,
+            "transfer",
+            [
+                x.SCVal(x.SCValType.SCV_ADDRESS, address=sdk_address(contract.contract_id).to_xdr_sc_address()),
+                to_v,
+                amount_v,
+            ],
+        )
         self._call(run, transfer, caller=contract.contract_id)
         return x.SCVal(x.SCValType.SCV_VOID)
 
@@ -282,7 +301,8 @@ class SorobanHost:
             if delta < 0 and account.available_balance() < -delta:
                 raise _contract_error(
                     SAC_BALANCE,
-                    f"resulting balance is not within the allowed range: {account.available_balance()} spendable < {-delta}",
+                    f"resulting balance is not within the allowed range: "
+                    f"{account.available_balance()} spendable < {-delta}",
                 )
             if account.balance + delta > MAX_INT64:
                 raise _contract_error(SAC_OVERFLOW, "balance overflow")
@@ -327,7 +347,9 @@ class SorobanHost:
             return
         raise HostError("Error(Auth, InvalidAction)", f"no authorization entry for {address} matches this call")
 
-    def _record(self, run: _Run, address: str, invocation: x.SorobanAuthorizedInvocation) -> x.SorobanAuthorizationEntry:
+    def _record(
+        self, run: _Run, address: str, invocation: x.SorobanAuthorizedInvocation
+    ) -> x.SorobanAuthorizationEntry:
         if address == run.source:
             creds = x.SorobanCredentials(x.SorobanCredentialsType.SOROBAN_CREDENTIALS_SOURCE_ACCOUNT)
             return x.SorobanAuthorizationEntry(credentials=creds, root_invocation=invocation)
@@ -427,8 +449,10 @@ def _signature_weight(account: AccountEntry, signature: x.SCVal, payload: bytes)
         }
         public_key_v, signature_v = fields.get(b"public_key"), fields.get(b"signature")
         if (
-            public_key_v is None or public_key_v.bytes is None
-            or signature_v is None or signature_v.bytes is None
+            public_key_v is None
+            or public_key_v.bytes is None
+            or signature_v is None
+            or signature_v.bytes is None
             or len(public_key_v.bytes.sc_bytes) != 32
         ):
             raise bad
@@ -453,7 +477,7 @@ def _args(inv: Invocation, *types: x.SCValType) -> list[x.SCVal]:
             "Error(WasmVm, InvalidAction)",
             f"{inv.function} takes {len(types)} arguments, got {len(inv.args)}",
         )
-    for index, (value, wanted) in enumerate(zip(inv.args, types)):
+    for index, (value, wanted) in enumerate(zip(inv.args, types, strict=True)):
         if value.type != wanted:
             raise HostError(
                 "Error(Value, UnexpectedType)",

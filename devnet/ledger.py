@@ -155,7 +155,9 @@ class _Queued:
     min_resource_fee: int | None
 
 
-def _result(fee_charged: int, code: x.TransactionResultCode, results: list[x.OperationResult] | None = None) -> x.TransactionResult:
+def _result(
+    fee_charged: int, code: x.TransactionResultCode, results: list[x.OperationResult] | None = None
+) -> x.TransactionResult:
     return x.TransactionResult(
         fee_charged=x.Int64(fee_charged),
         result=x.TransactionResultResult(code, results=results if results is not None else None),
@@ -209,7 +211,9 @@ class Devnet:
         key = instance_key(contract_id)
         if key not in self.state.entries:
             name = "native" if asset.is_native() else f"{asset.code}:{asset.issuer}"
-            self.state.entries[key] = ContractInstanceEntry(contract_id, "sac", name, last_modified=self.latest.sequence)
+            self.state.entries[key] = ContractInstanceEntry(
+                contract_id, "sac", name, last_modified=self.latest.sequence
+            )
         return contract_id
 
     def deploy_payout_contract(self, admin: str, asset: Asset) -> str:
@@ -257,15 +261,27 @@ class Devnet:
         body = {
             "passphrase": self.passphrase,
             "ledgers": [
-                {"sequence": r.sequence, "close_time": r.close_time, "hash": r.hash.hex(),
-                 "previous_hash": r.previous_hash.hex(), "tx_hashes": r.tx_hashes}
+                {
+                    "sequence": r.sequence,
+                    "close_time": r.close_time,
+                    "hash": r.hash.hex(),
+                    "previous_hash": r.previous_hash.hex(),
+                    "tx_hashes": r.tx_hashes,
+                }
                 for r in self.ledgers.values()
             ],
             "entries": [entry_to_json(e) for e in self.state.entries.values()],
             "transactions": [
-                {"hash": t.hash, "ledger": t.ledger, "application_order": t.application_order,
-                 "created_at": t.created_at, "envelope_xdr": t.envelope_xdr, "successful": t.successful,
-                 "result_xdr": t.result_xdr, "meta_xdr": t.result_meta_xdr}
+                {
+                    "hash": t.hash,
+                    "ledger": t.ledger,
+                    "application_order": t.application_order,
+                    "created_at": t.created_at,
+                    "envelope_xdr": t.envelope_xdr,
+                    "successful": t.successful,
+                    "result_xdr": t.result_xdr,
+                    "meta_xdr": t.result_meta_xdr,
+                }
                 for t in self.transactions.values()
             ],
         }
@@ -279,15 +295,25 @@ class Devnet:
             raise ValueError(f"state file {path} belongs to network {body['passphrase']!r}")
         for r in body["ledgers"]:
             self.ledgers[r["sequence"]] = LedgerRecord(
-                r["sequence"], r["close_time"], bytes.fromhex(r["hash"]), bytes.fromhex(r["previous_hash"]), r["tx_hashes"]
+                r["sequence"],
+                r["close_time"],
+                bytes.fromhex(r["hash"]),
+                bytes.fromhex(r["previous_hash"]),
+                r["tx_hashes"],
             )
         for e in body["entries"]:
             entry = entry_from_json(e)
             self.state.entries[entry.key()] = entry
         for t in body["transactions"]:
             self.transactions[t["hash"]] = TransactionRecord(
-                t["hash"], t["ledger"], t["application_order"], t["created_at"], t["envelope_xdr"],
-                t["successful"], t["result_xdr"], t["meta_xdr"],
+                t["hash"],
+                t["ledger"],
+                t["application_order"],
+                t["created_at"],
+                t["envelope_xdr"],
+                t["successful"],
+                t["result_xdr"],
+                t["meta_xdr"],
             )
         log.info("loaded %d entries at ledger %d from %s", len(self.state.entries), self.latest.sequence, path)
 
@@ -375,7 +401,9 @@ class Devnet:
                 self._dequeue(tx_hash)
                 self.bans[tx_hash] = seq + BAN_LEDGERS
         self.bans = {h: until for h, until in self.bans.items() if until > seq}
-        record.hash = hashlib.sha256(previous.hash + seq.to_bytes(4, "big") + "".join(record.tx_hashes).encode()).digest()
+        record.hash = hashlib.sha256(
+            previous.hash + seq.to_bytes(4, "big") + "".join(record.tx_hashes).encode()
+        ).digest()
         self.ledgers[seq] = record
         self._trim_history()
         if record.tx_hashes:
@@ -410,7 +438,7 @@ class Devnet:
         results: list[x.OperationResult] = []
         op_meta: list[tuple[list[LedgerChange], list[x.ContractEvent]]] = []
         return_value: x.SCVal | None = None
-        for op, op_source in zip(ops, ptx.op_sources()):
+        for op, op_source in zip(ops, ptx.op_sources(), strict=True):
             sub = LedgerTxn(op_ltx, seq)
             result, events, value = self._apply_operation(sub, op, op_source, ptx)
             results.append(result)
@@ -456,7 +484,9 @@ class Devnet:
             result = change_trust(ltx, source, body.change_trust_op)
             if is_success(result) and body.change_trust_op.line.type != x.AssetType.ASSET_TYPE_NATIVE:
                 line = body.change_trust_op.line
-                self.ensure_sac(Asset.from_xdr_object(x.Asset(line.type, alpha_num4=line.alpha_num4, alpha_num12=line.alpha_num12)))
+                self.ensure_sac(
+                    Asset.from_xdr_object(x.Asset(line.type, alpha_num4=line.alpha_num4, alpha_num12=line.alpha_num12))
+                )
             return result, [], None
         assert body.invoke_host_function_op is not None and ptx.soroban is not None
         return self._invoke(ltx, body.invoke_host_function_op, source, ptx.soroban)
@@ -499,7 +529,11 @@ class Devnet:
             return result(IHF.INVOKE_HOST_FUNCTION_RESOURCE_LIMIT_EXCEEDED), [], None
         host_ltx.commit()
         success = x.InvokeHostFunctionSuccessPreImage(return_value=outcome.return_value, events=outcome.events)
-        return result(IHF.INVOKE_HOST_FUNCTION_SUCCESS, hashlib.sha256(success.to_xdr_bytes()).digest()), outcome.events, outcome.return_value
+        return (
+            result(IHF.INVOKE_HOST_FUNCTION_SUCCESS, hashlib.sha256(success.to_xdr_bytes()).digest()),
+            outcome.events,
+            outcome.return_value,
+        )
 
     # -- simulation ----------------------------------------------------------------
 
@@ -509,7 +543,10 @@ class Devnet:
         latest = self.latest.sequence
         ops = ptx.tx.operations
         if len(ops) != 1 or ops[0].body.type != x.OperationType.INVOKE_HOST_FUNCTION:
-            return {"latestLedger": latest, "error": "simulation needs a transaction with exactly one InvokeHostFunction operation"}
+            return {
+                "latestLedger": latest,
+                "error": "simulation needs a transaction with exactly one InvokeHostFunction operation",
+            }
         op = ops[0].body.invoke_host_function_op
         assert op is not None
         source = ptx.op_sources()[0]
@@ -517,7 +554,9 @@ class Devnet:
         ltx = LedgerTxn(self.state, latest + 1)
         try:
             invocation_from_host_function(op.host_function)
-            outcome = self.host.invoke(ltx, op.host_function, source, list(op.auth), recording, latest + 1, use_address_v2)
+            outcome = self.host.invoke(
+                ltx, op.host_function, source, list(op.auth), recording, latest + 1, use_address_v2
+            )
         except HostError as exc:
             return {"latestLedger": latest, "error": str(exc)}
         resources = x.SorobanResources(
@@ -530,7 +569,9 @@ class Devnet:
             write_bytes=x.Uint32(outcome.write_bytes),
         )
         fee = resource_fee(resources)
-        data = x.SorobanTransactionData(ext=x.SorobanTransactionDataExt(0), resources=resources, resource_fee=x.Int64(fee))
+        data = x.SorobanTransactionData(
+            ext=x.SorobanTransactionDataExt(0), resources=resources, resource_fee=x.Int64(fee)
+        )
         auth = outcome.recorded_auth if recording else list(op.auth)
         return {
             "latestLedger": latest,

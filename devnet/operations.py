@@ -41,9 +41,7 @@ def is_success(result: x.OperationResult) -> bool:
     if result.code != x.OperationResultCode.opINNER or result.tr is None:
         return False
     tr = result.tr
-    inner = (
-        tr.create_account_result or tr.payment_result or tr.change_trust_result or tr.invoke_host_function_result
-    )
+    inner = tr.create_account_result or tr.payment_result or tr.change_trust_result or tr.invoke_host_function_result
     assert inner is not None
     return int(inner.code.value) == 0
 

@@ -185,7 +185,10 @@ class RpcMethods:
 
     def get_fee_stats(self, _: _NoParams) -> dict[str, Any]:
         fee = str(self.devnet.faults.surge_fee or BASE_FEE)
-        distribution = {k: fee for k in ("max", "min", "mode", "p10", "p20", "p30", "p40", "p50", "p60", "p70", "p80", "p90", "p95", "p99")}
+        distribution = {
+            k: fee
+            for k in ("max", "min", "mode", "p10", "p20", "p30", "p40", "p50", "p60", "p70", "p80", "p90", "p95", "p99")
+        }
         distribution["transactionCount"] = "0"
         stats = {**distribution, "ledgerCount": 1}
         return {"sorobanInclusionFee": stats, "inclusionFee": dict(stats), "latestLedger": self.devnet.latest.sequence}
@@ -294,4 +297,3 @@ class RpcMethods:
 
     def simulate_transaction(self, params: _SimulateParams) -> dict[str, Any]:
         return self.devnet.simulate(params.transaction, params.auth_mode, params.use_upgraded_auth)
-

@@ -175,7 +175,9 @@ class DevnetServer:
             return model.model_validate_json(await request.read())
         except ValidationError as exc:
             detail = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors())
-            raise web.HTTPBadRequest(text=json.dumps({"status": 400, "detail": detail}), content_type="application/json") from None
+            raise web.HTTPBadRequest(
+                text=json.dumps({"status": 400, "detail": detail}), content_type="application/json"
+            ) from None
 
     async def get_faults(self, _: web.Request) -> web.Response:
         return web.json_response(self.devnet.faults.describe())

@@ -79,9 +79,7 @@ class ParsedTransaction:
 def transaction_hash(tx: x.Transaction, network_id: bytes) -> bytes:
     payload = x.TransactionSignaturePayload(
         network_id=x.Hash(network_id),
-        tagged_transaction=x.TransactionSignaturePayloadTaggedTransaction(
-            x.EnvelopeType.ENVELOPE_TYPE_TX, tx=tx
-        ),
+        tagged_transaction=x.TransactionSignaturePayloadTaggedTransaction(x.EnvelopeType.ENVELOPE_TYPE_TX, tx=tx),
     )
     return hashlib.sha256(payload.to_xdr_bytes()).digest()
 
@@ -112,7 +110,12 @@ def parse_envelope(envelope_xdr: str, network_id: bytes) -> ParsedTransaction:
     elif cond.type == x.PreconditionType.PRECOND_V2:
         assert cond.v2 is not None
         v2 = cond.v2
-        if v2.min_seq_num is not None or v2.min_seq_age.duration.uint64 or v2.min_seq_ledger_gap.uint32 or v2.extra_signers:
+        if (
+            v2.min_seq_num is not None
+            or v2.min_seq_age.duration.uint64
+            or v2.min_seq_ledger_gap.uint32
+            or v2.extra_signers
+        ):
             raise NotSupported("preconditions other than time and ledger bounds")
         if v2.time_bounds is not None:
             min_time, max_time = v2.time_bounds.min_time.time_point.uint64, v2.time_bounds.max_time.time_point.uint64
@@ -135,9 +138,7 @@ def parse_envelope(envelope_xdr: str, network_id: bytes) -> ParsedTransaction:
     )
 
 
-def signed_weight(
-    account: AccountEntry, payload: bytes, signatures: list[tuple[bytes, bytes]], used: set[int]
-) -> int:
+def signed_weight(account: AccountEntry, payload: bytes, signatures: list[tuple[bytes, bytes]], used: set[int]) -> int:
     """Sum of the weights of the account's signers that signed ``payload``.
 
     ``signatures`` are (hint, signature) pairs; indices of the ones that verified are

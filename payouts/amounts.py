@@ -21,7 +21,7 @@ def to_stroops(amount: str) -> int:
     separators, so what the caller wrote is exactly what is paid.
     """
     if not isinstance(amount, str):
-        raise AmountError("amount must be a decimal string such as \"100.5\", not a number")
+        raise AmountError('amount must be a decimal string such as "100.5", not a number')
     match = _AMOUNT.match(amount)
     if match is None:
         if re.fullmatch(r"\d+\.\d{8,}", amount):

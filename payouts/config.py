@@ -24,7 +24,6 @@ from pydantic import Field, SecretStr, ValidationError, field_validator, model_v
 from pydantic_settings import BaseSettings, SettingsConfigDict
 from stellar_sdk import StrKey
 
-
 S = TypeVar("S", bound=BaseSettings)
 
 

@@ -61,7 +61,9 @@ class Processes:
 
     def start(self, name: str, args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("wb")
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT)
+        process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}, cwd=ROOT
+        )
         self.started.append(process)
         return process
 
@@ -119,9 +121,25 @@ def main(argv: list[str] | None = None) -> None:
         )
         temporal = group.start(
             "temporal",
-            [temporal_bin, "server", "start-dev", "--ip", "127.0.0.1", "--port", str(temporal_port),
-             "--ui-port", str(ui_port), "--db-filename", str(work / "temporal.db"), "--log-level", "warn",
-             "--search-attribute", "PayoutStatus=Keyword", "--search-attribute", "PayoutAsset=Keyword"],
+            [
+                temporal_bin,
+                "server",
+                "start-dev",
+                "--ip",
+                "127.0.0.1",
+                "--port",
+                str(temporal_port),
+                "--ui-port",
+                str(ui_port),
+                "--db-filename",
+                str(work / "temporal.db"),
+                "--log-level",
+                "warn",
+                "--search-attribute",
+                "PayoutStatus=Keyword",
+                "--search-attribute",
+                "PayoutAsset=Keyword",
+            ],
         )
         _wait_for_port(rpc_port, devnet, "devnet")
         _wait_for_port(temporal_port, temporal, "the Temporal dev server")
@@ -145,8 +163,11 @@ def main(argv: list[str] | None = None) -> None:
         }
         modes = {
             "build-only": {"PAYOUTS_LIVE_EXECUTION": "false"},
-            "hot-key": {"PAYOUTS_LIVE_EXECUTION": "true", "PAYOUTS_SIGN_WITH_HOT_KEY": "true",
-                        "PAYOUT_HOT_SIGNER_SECRET": source.secret},
+            "hot-key": {
+                "PAYOUTS_LIVE_EXECUTION": "true",
+                "PAYOUTS_SIGN_WITH_HOT_KEY": "true",
+                "PAYOUT_HOT_SIGNER_SECRET": source.secret,
+            },
             "external": {"PAYOUTS_LIVE_EXECUTION": "true", "PAYOUTS_SIGN_WITH_HOT_KEY": "false"},
         }
         queues = {mode: {**common, "TEMPORAL_TASK_QUEUE": f"payouts-{mode}"} for mode in modes}
@@ -157,15 +178,36 @@ def main(argv: list[str] | None = None) -> None:
         winners = {"build-only": build_winner, "hot-key": hot_winner, "external": external_winner}
         for mode in ("build-only", "hot-key"):
             key = f"demo:{run}:{mode}"
-            code, out, err = starter(queues[mode], "pay", "--payout-id", f"{mode}-1", "--destination",
-                                     winners[mode].public_key, "--amount", "42.5", "--key", key, "--wait")
+            code, out, err = starter(
+                queues[mode],
+                "pay",
+                "--payout-id",
+                f"{mode}-1",
+                "--destination",
+                winners[mode].public_key,
+                "--amount",
+                "42.5",
+                "--key",
+                key,
+                "--wait",
+            )
             print(f"\n[{mode}] starter.py pay --key {key} --wait  → exit {code}\n{out.strip() or err.strip()}")
             failures += code != 0
 
         key = f"demo:{run}:external"
         env = queues["external"]
-        code, out, err = starter(env, "pay", "--payout-id", "external-1", "--destination",
-                                 external_winner.public_key, "--amount", "42.5", "--key", key)
+        code, out, err = starter(
+            env,
+            "pay",
+            "--payout-id",
+            "external-1",
+            "--destination",
+            external_winner.public_key,
+            "--amount",
+            "42.5",
+            "--key",
+            key,
+        )
         print(f"\n[external] starter.py pay --key {key}  → exit {code}")
         status: dict[str, object] = {}
         for _ in range(120):
@@ -175,8 +217,16 @@ def main(argv: list[str] | None = None) -> None:
                 break
             time.sleep(0.5)
         print(f"[external] status: {status.get('state')}, unsigned XDR {str(status.get('unsigned_xdr'))[:40]}…")
-        code, signed, err = starter(env, "sign", "--secret-file", str(secret_file), "--xdr",
-                                    str(status.get("unsigned_xdr")), "--network-passphrase", PASSPHRASE)
+        code, signed, err = starter(
+            env,
+            "sign",
+            "--secret-file",
+            str(secret_file),
+            "--xdr",
+            str(status.get("unsigned_xdr")),
+            "--network-passphrase",
+            PASSPHRASE,
+        )
         print(f"[external] starter.py sign --secret-file … → exit {code}")
         code, out, err = starter(env, "submit-signed", key, "--xdr", signed.strip())
         print(f"[external] starter.py submit-signed → exit {code}: {err.strip()}")
@@ -189,7 +239,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[external] final status:\n{json.dumps(status, indent=2)}")
         failures += status.get("state") != "CONFIRMED"
 
-        print(f"\nTemporal Web UI: http://127.0.0.1:{ui_port}/namespaces/default/workflows?query=PayoutStatus%3D%22CONFIRMED%22")
+        print(
+            f"\nTemporal Web UI: http://127.0.0.1:{ui_port}/namespaces/default/workflows?query=PayoutStatus%3D%22CONFIRMED%22"
+        )
         print(f"logs and DB:     {work}")
         if args.keep_running:
             print("keeping everything up; Ctrl-C to stop")

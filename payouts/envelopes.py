@@ -172,4 +172,3 @@ def _verify(hint: bytes, signature: bytes, payload: bytes, signer_weights: dict[
             continue
         return signer
     return None
-

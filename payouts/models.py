@@ -64,9 +64,7 @@ class PayoutRequest(BaseModel):
     def fingerprint(self) -> str:
         """What makes two requests under one key the same payout: ``sha256`` over the
         payout ID, destination, amount in stroops and asset (so ``"1.50"`` equals ``"1.5"``)."""
-        canonical = json.dumps(
-            [self.payout_id, self.destination, self.stroops, self.asset], separators=(",", ":")
-        )
+        canonical = json.dumps([self.payout_id, self.destination, self.stroops, self.asset], separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()
 
 

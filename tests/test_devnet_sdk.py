@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
 from stellar_sdk import Asset, Keypair, SorobanServerAsync, TransactionBuilder
+from stellar_sdk import xdr as x
 from stellar_sdk.exceptions import AccountNotFoundException
 from stellar_sdk.soroban_rpc import GetTransactionStatus, SendTransactionStatus
-from stellar_sdk import xdr as x
-import pytest
 
 from tests.devnet_harness import PASSPHRASE, DevnetAdmin, sac_transfer_envelope
 
@@ -37,7 +37,8 @@ async def test_friendbot_creates_account_with_real_transaction(server: SorobanSe
         c.created.data.account
         for op in meta.v4.operations
         for c in op.changes.ledger_entry_changes
-        if c.type == x.LedgerEntryChangeType.LEDGER_ENTRY_CREATED and c.created.data.account is not None
+        if c.type == x.LedgerEntryChangeType.LEDGER_ENTRY_CREATED
+        and c.created.data.account is not None
         and c.created.data.account.account_id.account_id.ed25519.uint256 == keypair.raw_public_key()
     ]
     assert created and created[0].seq_num.sequence_number.int64 == account.sequence
@@ -53,14 +54,26 @@ async def test_sac_transfer_end_to_end(server: SorobanServerAsync, admin: Devnet
     assert sent.status == SendTransactionStatus.PENDING, sent
     result = await server.poll_transaction(sent.hash, max_attempts=40)
     assert result.status == GetTransactionStatus.SUCCESS
-    bob_account = x.LedgerEntryData.from_xdr((await server.get_ledger_entries([
-        x.LedgerKey(x.LedgerEntryType.ACCOUNT, account=x.LedgerKeyAccount(bob.xdr_account_id()))
-    ])).entries[0].xdr).account
+    bob_account = x.LedgerEntryData.from_xdr(
+        (
+            await server.get_ledger_entries(
+                [x.LedgerKey(x.LedgerEntryType.ACCOUNT, account=x.LedgerKeyAccount(bob.xdr_account_id()))]
+            )
+        )
+        .entries[0]
+        .xdr
+    ).account
     assert bob_account.balance.int64 == 10_025 * XLM
     tx_result = x.TransactionResult.from_xdr(result.result_xdr)
-    alice_account = x.LedgerEntryData.from_xdr((await server.get_ledger_entries([
-        x.LedgerKey(x.LedgerEntryType.ACCOUNT, account=x.LedgerKeyAccount(alice.xdr_account_id()))
-    ])).entries[0].xdr).account
+    alice_account = x.LedgerEntryData.from_xdr(
+        (
+            await server.get_ledger_entries(
+                [x.LedgerKey(x.LedgerEntryType.ACCOUNT, account=x.LedgerKeyAccount(alice.xdr_account_id()))]
+            )
+        )
+        .entries[0]
+        .xdr
+    ).account
     assert alice_account.balance.int64 == 10_000 * XLM - 25 * XLM - tx_result.fee_charged.int64
 
 
@@ -68,12 +81,7 @@ async def test_sac_balance_of_contract_and_issued_asset(server: SorobanServerAsy
     issuer, holder = await admin.new_account(), await admin.new_account()
     usdc = Asset("USDC", issuer.public_key)
     account = await server.load_account(holder.public_key)
-    trust = (
-        TransactionBuilder(account, PASSPHRASE, base_fee=100)
-        .append_change_trust_op(usdc)
-        .set_timeout(60)
-        .build()
-    )
+    trust = TransactionBuilder(account, PASSPHRASE, base_fee=100).append_change_trust_op(usdc).set_timeout(60).build()
     trust.sign(holder)
     sent = await server.send_transaction(trust)
     assert (await server.poll_transaction(sent.hash, max_attempts=40)).status == GetTransactionStatus.SUCCESS
@@ -81,7 +89,9 @@ async def test_sac_balance_of_contract_and_issued_asset(server: SorobanServerAsy
     mint = await sac_transfer_envelope(server, issuer, holder.public_key, 500 * XLM, usdc)
     sent = await server.send_transaction(mint)
     assert (await server.poll_transaction(sent.hash, max_attempts=40)).status == GetTransactionStatus.SUCCESS
-    contract = (await admin.admin("POST", "payout-contract", {"admin": holder.public_key, "asset": f"USDC:{issuer.public_key}"}))["contract_id"]
+    contract = (
+        await admin.admin("POST", "payout-contract", {"admin": holder.public_key, "asset": f"USDC:{issuer.public_key}"})
+    )["contract_id"]
     fund = await sac_transfer_envelope(server, holder, contract, 200 * XLM, usdc)
     sent = await server.send_transaction(fund)
     assert (await server.poll_transaction(sent.hash, max_attempts=40)).status == GetTransactionStatus.SUCCESS

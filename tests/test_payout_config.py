@@ -17,8 +17,15 @@ REQUIRED = {
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in [*REQUIRED, "PAYOUT_CONTRACT_ID", "PAYOUTS_SIGN_WITH_HOT_KEY", "PAYOUT_HOT_SIGNER_SECRET",
-                 "PAYOUTS_MAX_ATTEMPTS", "PAYOUTS_MAX_GAS_STROOPS", "PAYOUTS_LIVE_EXECUTION"]:
+    for name in [
+        *REQUIRED,
+        "PAYOUT_CONTRACT_ID",
+        "PAYOUTS_SIGN_WITH_HOT_KEY",
+        "PAYOUT_HOT_SIGNER_SECRET",
+        "PAYOUTS_MAX_ATTEMPTS",
+        "PAYOUTS_MAX_GAS_STROOPS",
+        "PAYOUTS_LIVE_EXECUTION",
+    ]:
         monkeypatch.delenv(name, raising=False)
 
 
@@ -41,8 +48,13 @@ def test_one_error_lists_every_bad_variable(monkeypatch: pytest.MonkeyPatch) -> 
     with pytest.raises(ConfigError) as info:
         load_settings()
     message = str(info.value)
-    for expected in ("SOROBAN_RPC_URL: missing", "STELLAR_NETWORK_PASSPHRASE: missing",
-                     "PAYOUT_SOURCE_ACCOUNT: must be a G", "PAYOUT_CONTRACT_ID: must be a C", "PAYOUTS_MAX_ATTEMPTS"):
+    for expected in (
+        "SOROBAN_RPC_URL: missing",
+        "STELLAR_NETWORK_PASSPHRASE: missing",
+        "PAYOUT_SOURCE_ACCOUNT: must be a G",
+        "PAYOUT_CONTRACT_ID: must be a C",
+        "PAYOUTS_MAX_ATTEMPTS",
+    ):
         assert expected in message
 
 

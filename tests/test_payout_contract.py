@@ -23,7 +23,9 @@ async def test_contract_payout_pays_from_the_contract(
     temporal_client: Client, devnet: DevnetProcess, admin: DevnetAdmin, server: SorobanServerAsync, tmp_path: Path
 ) -> None:
     source, winner = await admin.new_account(), await admin.new_account()
-    contract = (await admin.admin("POST", "payout-contract", {"admin": source.public_key, "asset": "XLM"}))["contract_id"]
+    contract = (await admin.admin("POST", "payout-contract", {"admin": source.public_key, "asset": "XLM"}))[
+        "contract_id"
+    ]
     funding = await sac_transfer_envelope(server, source, contract, 500 * XLM)
     sent = await server.send_transaction(funding)
     assert (await server.poll_transaction(sent.hash, max_attempts=60)).status == GetTransactionStatus.SUCCESS
@@ -38,6 +40,10 @@ async def test_contract_payout_pays_from_the_contract(
     found = await server.get_transaction(outcome.tx_hash)
     call = decode_payout(found.envelope_xdr or "", PASSPHRASE)
     assert (call.contract_id, call.function, call.destination, call.stroops) == (
-        contract, "distribute_winnings", winner.public_key, 120 * XLM)
+        contract,
+        "distribute_winnings",
+        winner.public_key,
+        120 * XLM,
+    )
     balance = await server.get_sac_balance(contract, Asset.native(), PASSPHRASE)
     assert balance.balance_entry is not None and balance.balance_entry.amount == 380 * XLM

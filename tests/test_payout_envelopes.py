@@ -18,7 +18,12 @@ def build(**overrides: object) -> TransactionEnvelope:
     args: dict[str, object] = {"asset": Asset.native()}
     args.update(overrides)
     return build_payout_transaction(
-        Account(SOURCE.public_key, 41), PASSPHRASE, DESTINATION, 1_005_000_000, 1_800_000_000, **args  # type: ignore[arg-type]
+        Account(SOURCE.public_key, 41),
+        PASSPHRASE,
+        DESTINATION,
+        1_005_000_000,
+        1_800_000_000,
+        **args,  # type: ignore[arg-type]
     )
 
 
@@ -27,7 +32,12 @@ def test_sac_transfer_decodes_to_the_request() -> None:
     call = decode_payout(envelope.to_xdr(), PASSPHRASE)
     assert call.source == SOURCE.public_key
     assert call.contract_id == Asset.native().contract_id(PASSPHRASE)
-    assert (call.function, call.destination, call.stroops, call.max_time) == ("transfer", DESTINATION, 1_005_000_000, 1_800_000_000)
+    assert (call.function, call.destination, call.stroops, call.max_time) == (
+        "transfer",
+        DESTINATION,
+        1_005_000_000,
+        1_800_000_000,
+    )
     assert envelope.transaction.sequence == 42
     assert call.hash == envelope.hash_hex()
 
@@ -35,7 +45,11 @@ def test_sac_transfer_decodes_to_the_request() -> None:
 def test_contract_call_decodes_to_the_request() -> None:
     call = decode_payout(build(asset=None, contract_id=CONTRACT).to_xdr(), PASSPHRASE)
     assert (call.contract_id, call.function, call.destination, call.stroops) == (
-        CONTRACT, "distribute_winnings", DESTINATION, 1_005_000_000)
+        CONTRACT,
+        "distribute_winnings",
+        DESTINATION,
+        1_005_000_000,
+    )
 
 
 def signed(envelope: TransactionEnvelope, *keys: Keypair) -> str:
@@ -47,7 +61,9 @@ def signed(envelope: TransactionEnvelope, *keys: Keypair) -> str:
 
 def test_correct_signature_is_accepted() -> None:
     envelope = build()
-    checked = check_signed_envelope(signed(envelope, SOURCE), envelope.hash_hex(), PASSPHRASE, {SOURCE.public_key: 1}, 0)
+    checked = check_signed_envelope(
+        signed(envelope, SOURCE), envelope.hash_hex(), PASSPHRASE, {SOURCE.public_key: 1}, 0
+    )
     assert checked.hash_hex() == envelope.hash_hex()
 
 
@@ -70,6 +86,8 @@ def test_rejections_name_the_reason() -> None:
         check_signed_envelope(other_network.to_xdr(), expected, PASSPHRASE, weights, 0)
     cosigner = Keypair.random()
     with pytest.raises(EnvelopeError, match="below the source account's threshold 2"):
-        check_signed_envelope(signed(envelope, SOURCE), expected, PASSPHRASE, {SOURCE.public_key: 1, cosigner.public_key: 1}, 2)
+        check_signed_envelope(
+            signed(envelope, SOURCE), expected, PASSPHRASE, {SOURCE.public_key: 1, cosigner.public_key: 1}, 2
+        )
     both = signed(envelope, SOURCE, cosigner)
     assert check_signed_envelope(both, expected, PASSPHRASE, {SOURCE.public_key: 1, cosigner.public_key: 1}, 2)

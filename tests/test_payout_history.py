@@ -81,7 +81,9 @@ async def recorded(
             handles.append(await payouts.pay(request))
             assert (await handles[-1].result()).state == PayoutState.CONFIRMED
 
-        external = payout_settings(devnet.url, source, url, PAYOUTS_SIGN_WITH_HOT_KEY=False, PAYOUT_HOT_SIGNER_SECRET=None)
+        external = payout_settings(
+            devnet.url, source, url, PAYOUTS_SIGN_WITH_HOT_KEY=False, PAYOUT_HOT_SIGNER_SECRET=None
+        )
         async with running_worker(temporal_client, external) as payouts:
             request = _request(winner.public_key, "6")
             handles.append(await payouts.pay(request))
