@@ -1,0 +1,24 @@
+"""Domain errors shared by the payout engine's layers (DB, client, activities)."""
+
+from __future__ import annotations
+
+
+class IdempotencyConflict(Exception):
+    """An idempotency key already names a payout with different parameters.
+
+    Starting the same key with another payout ID, destination, amount or asset is a caller
+    error, never a silent reuse (shared/DESIGN.md §3). The message names the key and both
+    fingerprints (hashes of the parameters), never anything secret.
+    """
+
+    def __init__(self, idempotency_key: str, stored_fingerprint: str, requested_fingerprint: str) -> None:
+        self.idempotency_key = idempotency_key
+        self.stored_fingerprint = stored_fingerprint
+        self.requested_fingerprint = requested_fingerprint
+        super().__init__(
+            f"idempotency key {idempotency_key!r} already names a different payout "
+            f"(stored fingerprint {stored_fingerprint[:16]}…, requested {requested_fingerprint[:16]}…)"
+        )
+
+    def __reduce__(self) -> tuple[type[IdempotencyConflict], tuple[str, str, str]]:
+        return (type(self), (self.idempotency_key, self.stored_fingerprint, self.requested_fingerprint))
