@@ -87,6 +87,7 @@ class ChainActivities:
             max_time=bounds.max_time,
             fee=fee,
             resource_fee=tx.soroban_data.resource_fee.int64,
+            built_at_ledger=stats.latest_ledger,
         )
 
     @activity.defn

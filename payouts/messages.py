@@ -30,6 +30,7 @@ class BuiltEnvelope:
     max_time: int
     fee: int
     resource_fee: int
+    built_at_ledger: int  # the RPC's latest ledger when built: the envelope cannot be in an earlier one
 
 
 @dataclass(frozen=True)

@@ -83,7 +83,7 @@ class PayoutWorkflow:
             return await self._finish(start.confirmed)
         policy = start.policy
         for old in start.unsettled:
-            lookup = await self._settle(old.tx_hash, old.signed_xdr, old.max_time, policy)
+            lookup = await self._settle(old.tx_hash, old.signed_xdr, old.max_time, None, policy)
             if lookup.status == "SUCCESS":
                 return await self._confirmed(key, old.tx_hash, lookup)
 
@@ -115,23 +115,27 @@ class PayoutWorkflow:
                     ChainActivities.sign_with_hot_key, built, start_to_close_timeout=CHAIN_TIMEOUT, retry_policy=CHAIN_RETRY
                 )
             else:
+                # The envelope leaves our hands here: the signer could submit it itself,
+                # so it is recorded now and is only ever replaced once provably dead.
+                await self._record_envelope(key, attempt, built, built.unsigned_xdr)
                 maybe_signed = await self._await_signature(built)
                 if maybe_signed is None:
-                    # The bound passed unsigned: this envelope can never be applied, so
-                    # rebuilding is safe, and an unsigned window does not use an attempt.
-                    attempt -= 1
-                    self._status.last_error = "envelope expired before a valid signature arrived; rebuilt"
+                    self._status.last_error = "no valid signature arrived before the envelope's bound"
+                    lookup = await self._settle(built.tx_hash, None, built.max_time, built.built_at_ledger, policy)
+                    if lookup.status == "SUCCESS":
+                        return await self._confirmed(key, built.tx_hash, lookup)
+                    if lookup.status == "NOT_FOUND":
+                        # Provably dead and never signed by us: rebuilding is safe, and an
+                        # unsigned window does not use an attempt.
+                        attempt -= 1
+                        continue
+                    error = f"envelope {built.tx_hash} failed on-chain ({lookup.result_code})"
                     continue
                 signed = maybe_signed
 
-            await workflow.execute_activity_method(
-                RecordActivities.record_envelope,
-                RecordEnvelopeInput(key, attempt, built, signed),
-                start_to_close_timeout=DB_TIMEOUT,
-                retry_policy=DB_RETRY,
-            )
+            await self._record_envelope(key, attempt, built, signed)
             self._set_state(PayoutState.SUBMITTED, tx_hash=built.tx_hash)
-            lookup = await self._settle(built.tx_hash, signed, built.max_time, policy)
+            lookup = await self._settle(built.tx_hash, signed, built.max_time, built.built_at_ledger, policy)
             if lookup.status == "SUCCESS":
                 return await self._confirmed(key, built.tx_hash, lookup)
             error = (
@@ -144,31 +148,57 @@ class PayoutWorkflow:
             PayoutOutcome(key, PayoutState.FAILED, error=f"{policy.max_attempts} attempts used; last: {error}")
         )
 
-    async def _settle(self, tx_hash: str, signed_xdr: str, max_time: int, policy: PayoutPolicy) -> EnvelopeLookup:
+    async def _record_envelope(self, key: str, attempt: int, built: BuiltEnvelope, xdr: str) -> None:
+        await workflow.execute_activity_method(
+            RecordActivities.record_envelope,
+            RecordEnvelopeInput(key, attempt, built, xdr),
+            start_to_close_timeout=DB_TIMEOUT,
+            retry_policy=DB_RETRY,
+        )
+
+    async def _settle(
+        self, tx_hash: str, signed_xdr: str | None, max_time: int, since_ledger: int | None, policy: PayoutPolicy
+    ) -> EnvelopeLookup:
         """Submit, look up and resubmit the same envelope until it is applied (SUCCESS or
-        FAILED) or provably dead (NOT_FOUND, returned as such); records the settlement."""
-        first_ledger: int | None = None
+        FAILED) or provably dead (NOT_FOUND, returned as such); records the settlement.
+
+        With ``signed_xdr`` None (a signer never answered) it only looks the envelope up.
+        ``since_ledger`` is a ledger the envelope cannot predate (its build, else its first
+        send): NOT_FOUND counts only from an RPC whose retention still reaches it.
+        """
+        submitted = False
         while True:
-            sent = await workflow.execute_activity_method(
-                ChainActivities.submit_envelope, signed_xdr, start_to_close_timeout=CHAIN_TIMEOUT, retry_policy=CHAIN_RETRY
-            )
-            if first_ledger is None:
-                first_ledger = sent.latest_ledger
-                await workflow.execute_activity_method(
-                    RecordActivities.mark_submitted, tx_hash, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
+            polls = policy.confirm_max_polls
+            if signed_xdr is not None:
+                sent = await workflow.execute_activity_method(
+                    ChainActivities.submit_envelope,
+                    signed_xdr,
+                    start_to_close_timeout=CHAIN_TIMEOUT,
+                    retry_policy=CHAIN_RETRY,
                 )
-            if sent.status not in ("PENDING", "DUPLICATE"):
-                self._status.last_error = f"sendTransaction answered {sent.status} {sent.error_code or ''}".strip()
-            # A queued envelope is given the configured polls; any other answer is
-            # ambiguous (it may already be in a ledger): look it up once, then resend.
-            polls = policy.confirm_max_polls if sent.status in ("PENDING", "DUPLICATE") else 1
+                if since_ledger is None:
+                    since_ledger = sent.latest_ledger
+                if not submitted:
+                    submitted = True
+                    await workflow.execute_activity_method(
+                        RecordActivities.mark_submitted, tx_hash, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
+                    )
+                if sent.status not in ("PENDING", "DUPLICATE"):
+                    self._status.last_error = f"sendTransaction answered {sent.status} {sent.error_code or ''}".strip()
+                    # Ambiguous (it may already be in a ledger): look it up once, then resend.
+                    polls = 1
             for _ in range(polls):
                 await workflow.sleep(timedelta(milliseconds=policy.confirm_poll_ms))
                 lookup = await workflow.execute_activity_method(
-                    ChainActivities.look_up_envelope, tx_hash, start_to_close_timeout=CHAIN_TIMEOUT, retry_policy=CHAIN_RETRY
+                    ChainActivities.look_up_envelope,
+                    tx_hash,
+                    start_to_close_timeout=CHAIN_TIMEOUT,
+                    retry_policy=CHAIN_RETRY,
                 )
+                if since_ledger is None:
+                    since_ledger = lookup.latest_ledger
                 if lookup.status in ("SUCCESS", "FAILED") or (
-                    lookup.latest_close_time > max_time and lookup.oldest_ledger <= first_ledger
+                    lookup.latest_close_time > max_time and lookup.oldest_ledger <= since_ledger
                 ):
                     await workflow.execute_activity_method(
                         RecordActivities.settle_envelope,
