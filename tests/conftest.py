@@ -1,4 +1,5 @@
-"""Shared fixtures: one devnet process per test session (fast ledgers), SDK clients."""
+"""Shared fixtures: one devnet process per test session (fast ledgers), SDK clients, the
+real Temporal dev server, and the app DB on SQLite and PostgreSQL (tests/pg_harness.py)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,13 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import pytest
 from stellar_sdk import SorobanServerAsync
-
 from temporalio.client import Client
 
 from tests.devnet_harness import DevnetAdmin, DevnetProcess, run_devnet
 from tests.payout_harness import temporal_environment
+from tests.pg_harness import database_url, postgres_database, postgres_url
+
+__all__ = ["database_url", "postgres_database", "postgres_url"]  # fixtures for every test module
 
 
 @pytest.fixture(scope="session")

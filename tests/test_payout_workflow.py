@@ -1,9 +1,9 @@
-"""PayoutWorkflow end to end: real Temporal dev server, devnet over HTTP, SQLite."""
+"""PayoutWorkflow end to end: real Temporal dev server, devnet over HTTP, and the app DB on
+SQLite and on PostgreSQL (``database_url`` from tests/pg_harness.py, a fresh one per test)."""
 
 from __future__ import annotations
 
 import uuid
-from pathlib import Path
 
 import pytest
 from stellar_sdk import Keypair, TransactionEnvelope
@@ -23,22 +23,20 @@ XLM = 10_000_000
 
 def payout(destination: str, amount: str = "12.5", key: str | None = None) -> PayoutRequest:
     key = key or f"test:{uuid.uuid4().hex}"
-    return PayoutRequest(payout_id=key.replace("test:", "p-"), destination=destination, amount=amount, asset="XLM", idempotency_key=key)
+    return PayoutRequest(
+        payout_id=key.replace("test:", "p-"), destination=destination, amount=amount, asset="XLM", idempotency_key=key
+    )
 
 
 async def xlm_balance(server: SorobanServerAsync, account_id: str) -> int:
     from stellar_sdk import xdr as x
 
-    key = x.LedgerKey(x.LedgerEntryType.ACCOUNT, account=x.LedgerKeyAccount(Keypair.from_public_key(account_id).xdr_account_id()))
+    account = x.LedgerKeyAccount(Keypair.from_public_key(account_id).xdr_account_id())
+    key = x.LedgerKey(x.LedgerEntryType.ACCOUNT, account=account)
     entries = (await server.get_ledger_entries([key])).entries or []
     data = x.LedgerEntryData.from_xdr(entries[0].xdr).account
     assert data is not None
     return data.balance.int64
-
-
-@pytest.fixture
-def database_url(tmp_path: Path) -> str:
-    return f"sqlite:///{tmp_path / 'payouts.db'}"
 
 
 async def test_hot_key_payout_confirms_once(
