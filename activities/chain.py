@@ -44,7 +44,9 @@ class ChainActivities:
         settings = self.settings
         source = await self.rpc.load_account(settings.PAYOUT_SOURCE_ACCOUNT)
         validity = (
-            settings.PAYOUTS_SIGNATURE_WINDOW_SECONDS if request.external_signing else settings.PAYOUTS_ENVELOPE_TTL_SECONDS
+            settings.PAYOUTS_SIGNATURE_WINDOW_SECONDS
+            if request.external_signing
+            else settings.PAYOUTS_ENVELOPE_TTL_SECONDS
         )
         # Bid what recent ledgers charged (p90), so a fee surge does not strand the
         # envelope in the queue; the cap below still bounds the total.
@@ -121,7 +123,11 @@ class ChainActivities:
         weights[source] = thresholds[0]
         try:
             check_signed_envelope(
-                signature.signed_xdr, signature.tx_hash, self.settings.STELLAR_NETWORK_PASSPHRASE, weights, thresholds[2]
+                signature.signed_xdr,
+                signature.tx_hash,
+                self.settings.STELLAR_NETWORK_PASSPHRASE,
+                weights,
+                thresholds[2],
             )
         except EnvelopeError as exc:
             return str(exc)

@@ -53,7 +53,9 @@ class RecordActivities:
         envelopes = db.envelopes_of(self.engine, key)
         paid = next((e for e in envelopes if e.status == db.EnvelopeStatus.CONFIRMED), None)
         confirmed = (
-            PayoutOutcome(key, PayoutState.CONFIRMED, tx_hash=paid.tx_hash, ledger=paid.ledger, fee_charged=paid.fee_charged)
+            PayoutOutcome(
+                key, PayoutState.CONFIRMED, tx_hash=paid.tx_hash, ledger=paid.ledger, fee_charged=paid.fee_charged
+            )
             if paid is not None
             else None
         )

@@ -280,9 +280,7 @@ def garbage_envelopes(valid: str) -> dict[str, str]:
 
 
 @pytest.mark.parametrize("method", ["sendTransaction", "simulateTransaction"])
-async def test_garbage_xdr_names_transaction(
-    admin: DevnetAdmin, witness: Witness, unharmed: None, method: str
-) -> None:
+async def test_garbage_xdr_names_transaction(admin: DevnetAdmin, witness: Witness, unharmed: None, method: str) -> None:
     for name, envelope in garbage_envelopes(witness.payment).items():
         status, body = await admin.rpc(method, {"transaction": envelope})
         assert status == 200, name

@@ -722,9 +722,7 @@ def test_spec_examples_pass_the_checker(method: str, index: int) -> None:
     _, pairing = SPEC.follow(f"{SPEC.methods[method]}/examples/{index}")
     _, result = SPEC.follow(f"{pairing}/result")
     value = SPEC.follow(result)[0]["value"]
-    problems = [
-        p for p in SPEC.result_problems(method, value) if (method, p.split(":")[0]) not in SPEC_EXAMPLE_ERRATA
-    ]
+    problems = [p for p in SPEC.result_problems(method, value) if (method, p.split(":")[0]) not in SPEC_EXAMPLE_ERRATA]
     assert not problems
 
 

@@ -31,7 +31,14 @@ from tests.devnet_helpers import (
 XLM = 10_000_000
 LEDGER_MS = 100
 TRANSACTION_FIELDS = (
-    "status", "txHash", "ledger", "applicationOrder", "createdAt", "envelopeXdr", "resultXdr", "resultMetaXdr"
+    "status",
+    "txHash",
+    "ledger",
+    "applicationOrder",
+    "createdAt",
+    "envelopeXdr",
+    "resultXdr",
+    "resultMetaXdr",
 )
 
 

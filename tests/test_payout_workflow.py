@@ -90,7 +90,11 @@ async def test_build_only_returns_unsigned_xdr_and_sends_nothing(
     assert outcome.state == PayoutState.BUILT and outcome.unsigned_xdr
     call = decode_payout(outcome.unsigned_xdr, PASSPHRASE)
     assert (call.source, call.function, call.destination, call.stroops) == (
-        source.public_key, "transfer", winner.public_key, 32_500_000)
+        source.public_key,
+        "transfer",
+        winner.public_key,
+        32_500_000,
+    )
     assert not TransactionEnvelope.from_xdr(outcome.unsigned_xdr, PASSPHRASE).signatures
     assert (await server.load_account(source.public_key)).sequence == sequence
 

@@ -19,7 +19,6 @@ lookup by hash and a resubmission of the same envelope (promise 4).
 
 from __future__ import annotations
 
-import asyncio
 from datetime import timedelta
 from typing import Any
 
@@ -98,7 +97,11 @@ class PayoutWorkflow:
                 built = await workflow.execute_activity_method(
                     ChainActivities.build_envelope,
                     BuildEnvelopeInput(
-                        key, attempt, request.destination, request.stroops, request.asset,
+                        key,
+                        attempt,
+                        request.destination,
+                        request.stroops,
+                        request.asset,
                         external_signing=policy.live_execution and not policy.sign_with_hot_key,
                     ),
                     start_to_close_timeout=CHAIN_TIMEOUT,
@@ -112,7 +115,10 @@ class PayoutWorkflow:
 
             if policy.sign_with_hot_key:
                 signed = await workflow.execute_activity_method(
-                    ChainActivities.sign_with_hot_key, built, start_to_close_timeout=CHAIN_TIMEOUT, retry_policy=CHAIN_RETRY
+                    ChainActivities.sign_with_hot_key,
+                    built,
+                    start_to_close_timeout=CHAIN_TIMEOUT,
+                    retry_policy=CHAIN_RETRY,
                 )
             else:
                 # The envelope leaves our hands here: the signer could submit it itself,
@@ -181,7 +187,10 @@ class PayoutWorkflow:
                 if not submitted:
                     submitted = True
                     await workflow.execute_activity_method(
-                        RecordActivities.mark_submitted, tx_hash, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
+                        RecordActivities.mark_submitted,
+                        tx_hash,
+                        start_to_close_timeout=DB_TIMEOUT,
+                        retry_policy=DB_RETRY,
                     )
                 if sent.status not in ("PENDING", "DUPLICATE"):
                     self._status.last_error = f"sendTransaction answered {sent.status} {sent.error_code or ''}".strip()
@@ -229,7 +238,7 @@ class PayoutWorkflow:
                         lambda: bool(self._signatures) or self._accepted_signature is not None,
                         timeout=timedelta(seconds=remaining),
                     )
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     return None
                 if self._accepted_signature is None and self._signatures:
                     candidate = self._signatures.pop(0)
@@ -254,7 +263,9 @@ class PayoutWorkflow:
 
     async def _confirmed(self, key: str, tx_hash: str, lookup: EnvelopeLookup) -> PayoutOutcome:
         return await self._finish(
-            PayoutOutcome(key, PayoutState.CONFIRMED, tx_hash=tx_hash, ledger=lookup.ledger, fee_charged=lookup.fee_charged)
+            PayoutOutcome(
+                key, PayoutState.CONFIRMED, tx_hash=tx_hash, ledger=lookup.ledger, fee_charged=lookup.fee_charged
+            )
         )
 
     async def _finish(self, outcome: PayoutOutcome) -> PayoutOutcome:
@@ -276,7 +287,9 @@ class PayoutWorkflow:
         return outcome
 
     def _set_state(self, state: PayoutState, **fields: Any) -> None:
-        self._status = self._status.model_copy(update={"state": state, **{k: v for k, v in fields.items() if v is not None}})
+        self._status = self._status.model_copy(
+            update={"state": state, **{k: v for k, v in fields.items() if v is not None}}
+        )
         workflow.upsert_search_attributes([PAYOUT_STATUS.value_set(state.value)])
 
     # -- queries, signals, updates -------------------------------------------------------
@@ -290,7 +303,7 @@ class PayoutWorkflow:
         """Fire and forget: ``{"signed_xdr": "<base64 envelope>"}``; a rejection shows in ``status``."""
         signed = payload.get("signed_xdr") if isinstance(payload, dict) else None
         if not isinstance(signed, str) or not signed:
-            self._status.last_error = "signal ignored: payload must be {\"signed_xdr\": \"<base64 envelope>\"}"
+            self._status.last_error = 'signal ignored: payload must be {"signed_xdr": "<base64 envelope>"}'
             return
         if self._awaiting is None:
             self._status.last_error = "signal ignored: the payout is not awaiting a signature"
@@ -307,7 +320,8 @@ class PayoutWorkflow:
             raise ApplicationError(f"signature rejected: {reason}", type="SignatureRejected")
         if self._awaiting is not built:
             raise ApplicationError(
-                "the envelope expired while its signature was checked; sign the new one in status", type="SignatureRejected"
+                "the envelope expired while its signature was checked; sign the new one in status",
+                type="SignatureRejected",
             )
         if self._accepted_signature is None:
             self._accepted_signature = signed_xdr
