@@ -51,31 +51,19 @@ from payouts.db import (
     upgrade_database,
 )
 from payouts.models import PayoutRequest, PayoutState
+from payouts.monitoring import (
+    CONFIRMATION_TIME_QUERY,
+    FAILED_QUERY,
+    MONITORING_QUERIES,
+    PENDING_QUERY,
+    SUCCESS_RATE_QUERY,
+)
 from tests.pg_harness import BACKENDS, empty_database_url
 
 HEAD = "0001_initial"
 DESTINATION = Keypair.random().public_key
 SOURCE = Keypair.random()
 
-# The seed's "Monitoring Queries" (shared/seeds/*.txt), verbatim, trailing spaces included.
-PENDING_QUERY = "-- Pending transactions\nSELECT COUNT(*) FROM transactions \nWHERE status IN ('queued', 'submitted');"
-FAILED_QUERY = (
-    "-- Failed transactions\nSELECT * FROM transactions \nWHERE status = 'failed' \nORDER BY updated_at DESC LIMIT 10;"
-)
-SUCCESS_RATE_QUERY = (
-    "-- Success rate (last 24h)\n"
-    "SELECT \n"
-    "  COUNT(*) FILTER (WHERE status = 'confirmed') * 100.0 / COUNT(*) as success_rate\n"
-    "FROM transactions \n"
-    "WHERE created_at > NOW() - INTERVAL '24 hours';"
-)
-CONFIRMATION_TIME_QUERY = (
-    "-- Average confirmation time\n"
-    "SELECT AVG(EXTRACT(EPOCH FROM (confirmed_at - created_at))) as avg_seconds\n"
-    "FROM transactions \n"
-    "WHERE status = 'confirmed';"
-)
-MONITORING_QUERIES = [PENDING_QUERY, FAILED_QUERY, SUCCESS_RATE_QUERY, CONFIRMATION_TIME_QUERY]
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 
 

@@ -21,9 +21,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,6 @@ import pytest
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from stellar_sdk import Asset, Keypair, TransactionEnvelope
-from stellar_sdk import xdr as x
 from stellar_sdk.soroban_rpc import GetTransactionStatus
 from stellar_sdk.soroban_server_async import SorobanServerAsync
 from temporalio.api.enums.v1 import EventType
@@ -47,6 +45,7 @@ from payouts.envelopes import EnvelopeError, decode_payout
 from payouts.messages import PayoutOutcome
 from payouts.models import PayoutRequest, PayoutState, PayoutStatus
 from tests.devnet_harness import PASSPHRASE, DevnetAdmin, DevnetProcess
+from tests.payout_checks import latest_ledger, wait_for, wait_ledgers, xlm_balance
 from tests.payout_harness import payout_settings, running_worker
 from workflows.payout import PayoutWorkflow
 
@@ -78,20 +77,6 @@ def payout(destination: str, amount: str) -> PayoutRequest:
 # -- polling -----------------------------------------------------------------------------
 
 
-async def wait_for(
-    probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0, every: float = 0.05
-) -> T:
-    """Call ``probe`` until it returns something other than None, for at most ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if value is not None:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what}")
-        await asyncio.sleep(every)
-
-
 async def status_of(payouts: PayoutClient, key: str) -> PayoutStatus | None:
     """The status query's answer, or None while no worker can answer it."""
     try:
@@ -108,30 +93,6 @@ async def status_in(payouts: PayoutClient, key: str, state: PayoutState) -> Payo
 async def _positive(count: Awaitable[int]) -> int | None:
     value = await count
     return value if value > 0 else None
-
-
-async def latest_ledger(server: SorobanServerAsync) -> int:
-    return (await server.get_latest_ledger()).sequence
-
-
-async def wait_ledgers(server: SorobanServerAsync, count: int) -> int:
-    target = await latest_ledger(server) + count
-
-    async def reached() -> int | None:
-        latest = await latest_ledger(server)
-        return latest if latest >= target else None
-
-    return await wait_for(reached, f"ledger {target}", timeout=30)
-
-
-async def xlm_balance(server: SorobanServerAsync, account_id: str) -> int:
-    key = x.LedgerKey(
-        x.LedgerEntryType.ACCOUNT, account=x.LedgerKeyAccount(Keypair.from_public_key(account_id).xdr_account_id())
-    )
-    entries = (await server.get_ledger_entries([key])).entries or []
-    data = x.LedgerEntryData.from_xdr(entries[0].xdr).account
-    assert data is not None
-    return data.balance.int64
 
 
 async def wait_envelope_row(

@@ -36,28 +36,11 @@ from temporalio.client import Client, WorkflowFailureError
 from payouts import db
 from payouts.client import PayoutClient
 from payouts.models import PayoutRequest, PayoutState, PayoutStatus
+from payouts.monitoring import CONFIRMATION_TIME_QUERY, FAILED_QUERY, PENDING_QUERY, SUCCESS_RATE_QUERY
 from tests.devnet_harness import PASSPHRASE, DevnetAdmin, DevnetProcess
 from tests.payout_checks import XLM, awaiting_signature, payout, result_of, status_in, wait_for, xlm_balance
 from tests.payout_harness import payout_settings, running_worker
 
-# The seed's "Monitoring Queries" (shared/seeds/*.txt), verbatim, trailing spaces included.
-PENDING_QUERY = "-- Pending transactions\nSELECT COUNT(*) FROM transactions \nWHERE status IN ('queued', 'submitted');"
-FAILED_QUERY = (
-    "-- Failed transactions\nSELECT * FROM transactions \nWHERE status = 'failed' \nORDER BY updated_at DESC LIMIT 10;"
-)
-SUCCESS_RATE_QUERY = (
-    "-- Success rate (last 24h)\n"
-    "SELECT \n"
-    "  COUNT(*) FILTER (WHERE status = 'confirmed') * 100.0 / COUNT(*) as success_rate\n"
-    "FROM transactions \n"
-    "WHERE created_at > NOW() - INTERVAL '24 hours';"
-)
-CONFIRMATION_TIME_QUERY = (
-    "-- Average confirmation time\n"
-    "SELECT AVG(EXTRACT(EPOCH FROM (confirmed_at - created_at))) as avg_seconds\n"
-    "FROM transactions \n"
-    "WHERE status = 'confirmed';"
-)
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"
 
 
