@@ -149,7 +149,8 @@ def check_signed_envelope(
         if signer is None:
             raise EnvelopeError(
                 "a signature does not verify for this transaction under the configured network "
-                f"({Network(network_passphrase).network_passphrase!r}) by any signer of the source account"
+                f"({network_passphrase!r}) by any signer of the source account"
+                + _signed_elsewhere(envelope, decorated.signature_hint, decorated.signature, signer_weights)
             )
         if signer not in counted:
             counted.add(signer)
@@ -157,6 +158,27 @@ def check_signed_envelope(
     if weight < max(threshold, 1):
         raise EnvelopeError(f"signature weight {weight} is below the source account's threshold {threshold}")
     return envelope
+
+
+_KNOWN_NETWORKS = (
+    Network.PUBLIC_NETWORK_PASSPHRASE,
+    Network.TESTNET_NETWORK_PASSPHRASE,
+    Network.FUTURENET_NETWORK_PASSPHRASE,
+    Network.STANDALONE_NETWORK_PASSPHRASE,
+)
+
+
+def _signed_elsewhere(
+    envelope: TransactionEnvelope, hint: bytes, signature: bytes, signer_weights: dict[str, int]
+) -> str:
+    """``" (it was signed for …)"`` when the signature is valid under a well-known other network."""
+    for passphrase in _KNOWN_NETWORKS:
+        if passphrase == envelope.network_passphrase:
+            continue
+        other = TransactionEnvelope(envelope.transaction, passphrase)
+        if _verify(hint, signature, other.hash(), signer_weights) is not None:
+            return f"; it was signed for the network {passphrase!r}"
+    return ""
 
 
 def _verify(hint: bytes, signature: bytes, payload: bytes, signer_weights: dict[str, int]) -> str | None:
