@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import pytest
 from pydantic import SecretStr
 from sqlalchemy.engine import Engine
-from stellar_sdk import Asset, Keypair, TransactionEnvelope
+from stellar_sdk import Keypair, TransactionEnvelope
 from stellar_sdk.soroban_rpc import GetTransactionStatus
 from stellar_sdk.soroban_server_async import SorobanServerAsync
 from temporalio.api.enums.v1 import EventType
@@ -41,18 +41,16 @@ from temporalio.service import RPCError
 from payouts import db
 from payouts.client import PayoutClient, SignatureRejected
 from payouts.config import PayoutSettings
-from payouts.envelopes import EnvelopeError, decode_payout
 from payouts.messages import PayoutOutcome
 from payouts.models import PayoutRequest, PayoutState, PayoutStatus
 from tests.devnet_harness import PASSPHRASE, DevnetAdmin, DevnetProcess
-from tests.payout_checks import latest_ledger, wait_for, wait_ledgers, xlm_balance
+from tests.payout_checks import latest_ledger, transfers, wait_for, wait_ledgers, xlm_balance
 from tests.payout_harness import payout_settings, running_worker
 from workflows.payout import PayoutWorkflow
 
 T = TypeVar("T")
 XLM = 10_000_000
 REPO = Path(__file__).resolve().parent.parent
-NATIVE_SAC = Asset.native().contract_id(PASSPHRASE)
 # After a payout finishes, let this many ledgers close before reading the ledger, so that
 # anything still queued would be applied or dropped (devnet drops after 4) and be counted.
 SETTLE_LEDGERS = 6
@@ -108,35 +106,6 @@ async def wait_envelope_row(
 
 
 @dataclass(frozen=True)
-class Transfer:
-    tx_hash: str
-    ledger: int
-    stroops: int
-    successful: bool
-
-
-async def transfers_on_ledger(server: SorobanServerAsync, start_ledger: int, destination: str) -> list[Transfer]:
-    """Every applied transaction since ``start_ledger`` that is an XLM SAC ``transfer`` to
-    ``destination`` (successful or not), read from devnet with ``getTransactions``."""
-    found: list[Transfer] = []
-    page_size = 200
-    page = await server.get_transactions(start_ledger=start_ledger, limit=page_size)
-    for _ in range(10_000):
-        for tx in page.transactions:
-            try:
-                call = decode_payout(tx.envelope_xdr, PASSPHRASE)
-            except EnvelopeError:
-                continue  # friendbot, other tests' classic payments
-            if call.contract_id == NATIVE_SAC and call.function == "transfer" and call.destination == destination:
-                assert call.hash == tx.transaction_hash
-                found.append(Transfer(tx.transaction_hash, tx.ledger, call.stroops, tx.status == "SUCCESS"))
-        if len(page.transactions) < page_size:
-            return found
-        page = await server.get_transactions(cursor=page.cursor, limit=page_size)
-    pytest.fail("getTransactions never reached the latest ledger")
-
-
-@dataclass(frozen=True)
 class Baseline:
     """Taken before the payout starts."""
 
@@ -162,9 +131,9 @@ async def assert_paid_once(
     await wait_ledgers(server, SETTLE_LEDGERS)
 
     # The ledger: one successful transfer to the winner, the confirmed envelope, the amount.
-    transfers = await transfers_on_ledger(server, before.start_ledger, request.destination)
-    paid = [t for t in transfers if t.successful]
-    assert [(t.tx_hash, t.stroops) for t in paid] == [(outcome.tx_hash, request.stroops)], transfers
+    landed = await transfers(server, before.start_ledger, request.destination)
+    paid = [t for t in landed if t.successful]
+    assert [(t.tx_hash, t.stroops) for t in paid] == [(outcome.tx_hash, request.stroops)], landed
     assert paid[0].ledger == outcome.ledger
     assert await xlm_balance(server, request.destination) - before.winner_balance == request.stroops
 

@@ -16,6 +16,7 @@ from payouts.envelopes import decode_payout
 from payouts.errors import IdempotencyConflict
 from payouts.models import PayoutRequest, PayoutState
 from tests.devnet_harness import PASSPHRASE, DevnetAdmin, DevnetProcess
+from tests.payout_checks import wait_for
 from tests.payout_harness import payout_settings, running_worker
 
 XLM = 10_000_000
@@ -63,6 +64,15 @@ async def test_hot_key_payout_confirms_once(
     assert rows[0].confirmed_at is not None
     stored = db.get_payout(engine, request.idempotency_key)
     assert stored is not None and stored.status == PayoutState.CONFIRMED
+
+    # The Web UI's search: the search attributes were set (visibility is eventually consistent).
+    query = f"WorkflowId = '{request.idempotency_key}' AND PayoutStatus = 'CONFIRMED' AND PayoutAsset = 'XLM'"
+
+    async def listed() -> list[str] | None:
+        found = [run.id async for run in temporal_client.list_workflows(query)]
+        return found or None
+
+    assert await wait_for(listed, "the payout in a PayoutStatus search") == [request.idempotency_key]
 
 
 async def test_same_key_different_amount_is_a_conflict(
