@@ -22,7 +22,6 @@ implicitly — XLM's from genesis, an issued asset's from the first trustline to
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import logging
@@ -39,9 +38,7 @@ from stellar_sdk import xdr as x
 from devnet.entries import (
     AccountEntry,
     ContractInstanceEntry,
-    EntryKey,
     account_key,
-    asset_from_string,
     entry_from_json,
     entry_to_json,
     instance_key,
@@ -327,10 +324,6 @@ class Devnet:
     def oldest(self) -> LedgerRecord:
         return next(iter(self.ledgers.values()))
 
-    def ledger_entry(self, key: EntryKey) -> x.LedgerEntry | None:
-        entry = self.state.get(key)
-        return entry.to_xdr() if entry is not None else None
-
     def account(self, account_id: str) -> AccountEntry | None:
         entry = self.state.get(account_key(account_id))
         return entry if isinstance(entry, AccountEntry) else None
@@ -580,15 +573,3 @@ class Devnet:
             "results": [{"auth": [a.to_xdr() for a in auth], "xdr": outcome.return_value.to_xdr()}],
             "events": [],
         }
-
-    # -- ledger entries ------------------------------------------------------------
-
-    def asset_of_sac(self, contract_id: str) -> Asset | None:
-        entry = self.state.get(instance_key(contract_id))
-        if isinstance(entry, ContractInstanceEntry) and entry.kind == "sac":
-            return asset_from_string(entry.asset)
-        return None
-
-
-def encode_b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()

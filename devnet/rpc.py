@@ -116,9 +116,6 @@ class RpcMethods:
             "simulateTransaction": (_SimulateParams, self.simulate_transaction),
         }
 
-    def is_known(self, method: str) -> bool:
-        return method in self._methods
-
     def call(self, method: str, params: Any) -> dict[str, Any]:
         if method in ("getEvents", "getLedgers"):
             raise RpcError(METHOD_NOT_FOUND, f"method {method} is not supported by devnet")
