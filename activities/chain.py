@@ -1,59 +1,205 @@
-"""Activities that talk to the Stellar network: build + simulate + fee check, sign with the
-hot key, check an external signature, submit, and look an envelope up by hash.
+"""Activities that build and sign payout envelopes: lease a source account, build +
+simulate + fee check, authorize and sign; and check external signatures.
 
-Every RPC call goes through stellar-sdk's ``SorobanServerAsync``. Transport failures and
-5xx answers raise, and the workflow's retry policy retries them; answers that settle
-something (a fee above the cap, a bad signature) raise non-retryable
-``ApplicationError`` types named in :data:`NON_RETRYABLE`.
+``build_envelope`` and ``request_authorization`` run as local activities: they are short,
+send nothing, and are safe to repeat (a retry gets the same lease back and builds a fresh,
+equivalent envelope that nobody has seen). Every RPC call goes through stellar-sdk's
+``SorobanServerAsync``; transport failures raise and are retried by the workflow's retry
+policy, answers that settle something raise the non-retryable ``ApplicationError`` types
+in :data:`NON_RETRYABLE`.
+
+Who signs what (see :mod:`payouts.channels` and :mod:`payouts.authorization`):
+
+============================  =========================  ====================================
+mode                          transaction source signs   payout account authorizes by
+============================  =========================  ====================================
+hot key, no channels          hot key                    the envelope signature
+external, no channels         the external signer        the envelope signature
+hot key, channels             the channel's key          auth entry signed with the hot key
+external, channels            the channel's key          auth entry signed by the signer
+============================  =========================  ====================================
+
+With channels, the signed authorization entry, not the envelope, is what pays: its nonce
+lets at most one transaction use it. A payout keeps carrying the same signed entry in new
+envelopes until it is ``used`` or ``expired`` (:meth:`ChainActivities.authorization_state`)
+and only then asks for a new one, so an entry that leaked (a dead envelope is public) can
+never pay a second time.
 """
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import secrets
 import time
+from collections import deque
+from dataclasses import dataclass
 
-from stellar_sdk import Keypair, TransactionEnvelope
+from sqlalchemy.engine import Engine
+from stellar_sdk import Account, Address, Keypair, TransactionEnvelope
 from stellar_sdk import xdr as x
 from stellar_sdk.exceptions import PrepareTransactionException
-from stellar_sdk.soroban_rpc import GetTransactionStatus
+from stellar_sdk.soroban_rpc import GetFeeStatsResponse
 from stellar_sdk.soroban_server_async import SorobanServerAsync
 from temporalio import activity
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
+from payouts import leases
 from payouts.assets import resolve_asset
+from payouts.authorization import (
+    authorization_payload,
+    check_signed_authorization,
+    sign_entry,
+    unsigned_authorization,
+    with_authorization,
+)
+from payouts.channels import ChannelKeys
 from payouts.config import PayoutSettings
 from payouts.envelopes import EnvelopeError, build_payout_transaction, check_signed_envelope
-from payouts.messages import BuildEnvelopeInput, BuiltEnvelope, EnvelopeLookup, SignatureInput, SubmitResult
+from payouts.messages import AuthorizationRequest, BuildEnvelopeInput, BuiltEnvelope, SignatureInput
+
+log = logging.getLogger("payouts.activities.chain")
 
 FEE_CAP_EXCEEDED = "FeeCapExceeded"
 SIMULATION_FAILED = "SimulationFailed"
 SIGNATURE_REJECTED = "SignatureRejected"
+NO_FREE_ACCOUNT = "NoFreeAccount"  # retryable: the workflow waits for a lease
 NON_RETRYABLE = [FEE_CAP_EXCEEDED, SIMULATION_FAILED, SIGNATURE_REJECTED]
 
 BASE_INCLUSION_FEE = 100
+# An authorization entry stays valid this many ledgers per second of the envelope's
+# validity: Stellar closes a ledger every ~5 s, so this errs long. A long validity is
+# harmless: the entry's nonce lets at most one transaction use it.
+AUTH_LEDGERS_PER_SECOND = 1
+# Extra seconds a fresh lease is held beyond the envelope's validity, for the build.
+LEASE_BUILD_SECONDS = 30
+FEE_STATS_MAX_AGE_SECONDS = 1.0
+# A payout waits this long for a lease within one build attempt; then the attempt fails
+# (NoFreeAccount, retried with backoff) so that a local activity never runs for long.
+LEASE_WAIT_SECONDS = 5.0
+# A waiting payout asks the DB again this often: leases released by other processes are
+# only seen this way. A release in this process hands the lease on at once.
+LEASE_POLL_SECONDS = 0.5
+
+
+@dataclass(frozen=True)
+class _AccountState:
+    sequence: int
+    balance: int
+    signer_weights: dict[str, int]
+    medium_threshold: int
 
 
 class ChainActivities:
-    """Holds the RPC client and settings; the hot-key secret is read here and nowhere else."""
+    """Holds the RPC client, DB engine, settings and channel keys; the hot-key secret is
+    read here and nowhere else."""
 
-    def __init__(self, settings: PayoutSettings, rpc: SorobanServerAsync) -> None:
+    def __init__(self, settings: PayoutSettings, rpc: SorobanServerAsync, engine: Engine) -> None:
         self.settings = settings
         self.rpc = rpc
+        self.engine = engine
+        self.keys = ChannelKeys(settings)
+        # Payouts of this process waiting for a lease, first come first served.
+        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._fee_stats: tuple[float, GetFeeStatsResponse] | None = None
+        self._hot: Keypair | None = None
+
+    # -- leases ------------------------------------------------------------------------
+
+    async def _lease(self, holder: str, validity: int) -> str:
+        """A lease for ``holder``, waiting up to :data:`LEASE_WAIT_SECONDS` for one.
+
+        Waiting is not failing: raising per empty poll cost more CPU (a formatted
+        traceback per failed activity attempt) than the rest of a payout."""
+        accounts = list(self.keys.pool.accounts)
+        hold = validity + LEASE_BUILD_SECONDS
+        deadline = time.monotonic() + LEASE_WAIT_SECONDS
+        queued_behind_others = bool(self._waiting)  # a newcomer does not jump the queue
+        while True:
+            if not queued_behind_others:
+                account = await asyncio.to_thread(leases.acquire, self.engine, holder, accounts, hold)
+                if account is not None:
+                    return account
+            queued_behind_others = False
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                # Benign: logged at DEBUG, not counted as a failure; the retry policy waits.
+                raise ApplicationError(
+                    "every source account is leased", type=NO_FREE_ACCOUNT, category=ApplicationErrorCategory.BENIGN
+                )
+            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiting.append(turn)
+            try:
+                await asyncio.wait_for(asyncio.shield(turn), timeout=min(remaining, LEASE_POLL_SECONDS))
+            except TimeoutError:
+                pass
+            finally:
+                if turn in self._waiting:
+                    self._waiting.remove(turn)
+
+    async def _release(self, account: str, holder: str) -> None:
+        if await asyncio.to_thread(leases.release, self.engine, account, holder):
+            self.lease_released()
+
+    def lease_released(self) -> None:
+        """A lease of this process came free: wake the payout that has waited longest."""
+        while self._waiting:
+            turn = self._waiting.popleft()
+            if not turn.done():
+                turn.set_result(None)
+                return
+
+    # -- building ----------------------------------------------------------------------
 
     @activity.defn
     async def build_envelope(self, request: BuildEnvelopeInput) -> BuiltEnvelope:
         settings = self.settings
-        source = await self.rpc.load_account(settings.PAYOUT_SOURCE_ACCOUNT)
         validity = (
             settings.PAYOUTS_SIGNATURE_WINDOW_SECONDS
-            if request.external_signing
+            if request.external_signing and not self.keys.pool.uses_channels
             else settings.PAYOUTS_ENVELOPE_TTL_SECONDS
         )
+        if not settings.PAYOUTS_LIVE_EXECUTION:
+            # Build-only: nothing will be sent by us, so nothing is leased.
+            return await self._build(request, settings.PAYOUT_SOURCE_ACCOUNT, validity)
+        account = await self._lease(request.idempotency_key, validity)
+        try:
+            return await self._build(request, account, validity)
+        except ApplicationError as exc:
+            if exc.type != NO_FREE_ACCOUNT and exc.non_retryable:
+                await self._release(account, request.idempotency_key)
+            raise
+
+    async def _build(self, request: BuildEnvelopeInput, account: str, validity: int) -> BuiltEnvelope:
+        settings = self.settings
+        payer = settings.PAYOUT_SOURCE_ACCOUNT
+        channel = account != payer
+        state = await self._account_state(account)
+        note = None
+        if channel and state is None:
+            note = "the account does not exist on chain; create it with `payouts-starter channels ensure`"
+        elif channel and state is not None and state.balance < settings.PAYOUTS_CHANNEL_MIN_BALANCE_STROOPS:
+            note = (
+                f"balance {state.balance} stroops is below PAYOUTS_CHANNEL_MIN_BALANCE_STROOPS="
+                f"{settings.PAYOUTS_CHANNEL_MIN_BALANCE_STROOPS}; top it up with `payouts-starter channels ensure`"
+            )
+        if note is not None:
+            # Not the payout's fault: park the channel and let the payout wait for another.
+            log.warning("channel %s taken out of rotation: %s", account, note)
+            await asyncio.to_thread(leases.take_out_of_rotation, self.engine, account, note)
+            await self._release(account, request.idempotency_key)
+            raise ApplicationError(
+                f"channel {account} is out of rotation: {note}",
+                type=NO_FREE_ACCOUNT,
+                category=ApplicationErrorCategory.BENIGN,
+            )
+        if state is None:
+            raise ApplicationError(f"account {account} does not exist", type=SIMULATION_FAILED, non_retryable=True)
         # Bid what recent ledgers charged (p90), so a fee surge does not strand the
         # envelope in the queue; the cap below still bounds the total.
-        stats = await self.rpc.get_fee_stats()
-        inclusion_fee = max(BASE_INCLUSION_FEE, stats.soroban_inclusion_fee.p90)
+        stats = await self._recent_fee_stats()
         envelope = build_payout_transaction(
-            source,
+            Account(account, state.sequence),
             settings.STELLAR_NETWORK_PASSPHRASE,
             request.destination,
             request.stroops,
@@ -61,104 +207,184 @@ class ChainActivities:
             asset=resolve_asset(request.asset, settings.PAYOUT_USDC_ISSUER),
             contract_id=settings.PAYOUT_CONTRACT_ID,
             method=settings.PAYOUT_METHOD_NAME,
-            base_fee=inclusion_fee,
+            base_fee=max(BASE_INCLUSION_FEE, stats.soroban_inclusion_fee.p90),
+            payer=payer,
         )
+        authorization = None
+        if channel:
+            if request.signed_authorization is None:
+                authorization = self._authorization(envelope, stats.latest_ledger, validity, sign=True)
+                assert authorization.signed_entry_xdr is not None
+                signed_entry = authorization.signed_entry_xdr
+            else:
+                signed_entry = request.signed_authorization
+            envelope = with_authorization(envelope, payer, x.SorobanAuthorizationEntry.from_xdr(signed_entry))
+        prepared = await self._simulate(envelope)
+        tx = prepared.transaction
+        if tx.fee > settings.PAYOUTS_MAX_GAS_STROOPS:
+            raise ApplicationError(
+                f"fee {tx.fee} stroops exceeds PAYOUTS_MAX_GAS_STROOPS={settings.PAYOUTS_MAX_GAS_STROOPS}",
+                type=FEE_CAP_EXCEEDED,
+                non_retryable=True,
+            )
+        bounds = tx.preconditions.time_bounds if tx.preconditions is not None else None
+        assert bounds is not None and tx.soroban_data is not None
+        unsigned_xdr = prepared.to_xdr()
+        signed_xdr = None
+        if channel:
+            prepared.sign(self.keys.keypair(account))
+            signed_xdr = prepared.to_xdr()
+        elif settings.PAYOUTS_SIGN_WITH_HOT_KEY and settings.PAYOUTS_LIVE_EXECUTION:
+            prepared.sign(self._hot_keypair())
+            signed_xdr = prepared.to_xdr()
+        return BuiltEnvelope(
+            unsigned_xdr=unsigned_xdr,
+            tx_hash=prepared.hash_hex(),
+            source_account=account,
+            sequence=tx.sequence,
+            max_time=bounds.max_time,
+            fee=tx.fee,
+            resource_fee=tx.soroban_data.resource_fee.int64,
+            built_at_ledger=stats.latest_ledger,
+            signed_xdr=signed_xdr,
+            authorization=authorization,
+        )
+
+    @activity.defn
+    async def request_authorization(self, request: BuildEnvelopeInput) -> AuthorizationRequest:
+        """Channels with an external signer: the payout account's authorization entry to be
+        signed. Nothing is leased: a channel is leased only to carry a signed authorization."""
+        settings = self.settings
+        window = settings.PAYOUTS_SIGNATURE_WINDOW_SECONDS
+        envelope = build_payout_transaction(
+            Account(self.keys.pool.accounts[0], 0),  # the carrier does not matter to the entry
+            settings.STELLAR_NETWORK_PASSPHRASE,
+            request.destination,
+            request.stroops,
+            int(time.time()) + window,
+            asset=resolve_asset(request.asset, settings.PAYOUT_USDC_ISSUER),
+            contract_id=settings.PAYOUT_CONTRACT_ID,
+            method=settings.PAYOUT_METHOD_NAME,
+            payer=settings.PAYOUT_SOURCE_ACCOUNT,
+        )
+        latest = (await self.rpc.get_latest_ledger()).sequence
+        return self._authorization(envelope, latest, window, sign=False)
+
+    def _authorization(
+        self, envelope: TransactionEnvelope, latest_ledger: int, window: int, *, sign: bool
+    ) -> AuthorizationRequest:
+        """A fresh authorization (new nonce) for the envelope's call, signed with the hot key
+        if ``sign``; valid until ``window`` ledgers past ``latest_ledger``."""
+        settings = self.settings
+        valid_until = latest_ledger + window * AUTH_LEDGERS_PER_SECOND
+        nonce = secrets.randbits(63)
+        entry = unsigned_authorization(envelope, settings.PAYOUT_SOURCE_ACCOUNT, nonce, valid_until)
+        signed = (
+            sign_entry(entry, self._hot_keypair(), valid_until, settings.STELLAR_NETWORK_PASSPHRASE).to_xdr()
+            if sign
+            else None
+        )
+        return AuthorizationRequest(
+            entry_xdr=entry.to_xdr(),
+            payload_hex=authorization_payload(entry, settings.STELLAR_NETWORK_PASSPHRASE).hex(),
+            nonce=nonce,
+            valid_until_ledger=valid_until,
+            expires_at=int(time.time()) + window,
+            signed_entry_xdr=signed,
+        )
+
+    @activity.defn
+    async def authorization_state(self, authorization: AuthorizationRequest) -> str:
+        """``used`` (a transaction consumed its nonce: the payout was made), ``expired``
+        (past its last ledger, unused: it can never be used), or ``live``."""
+        payer = self.settings.PAYOUT_SOURCE_ACCOUNT
+        key = x.LedgerKey(
+            x.LedgerEntryType.CONTRACT_DATA,
+            contract_data=x.LedgerKeyContractData(
+                contract=Address(payer).to_xdr_sc_address(),
+                key=x.SCVal(x.SCValType.SCV_LEDGER_KEY_NONCE, nonce_key=x.SCNonceKey(x.Int64(authorization.nonce))),
+                durability=x.ContractDataDurability.TEMPORARY,
+            ),
+        )
+        found = await self.rpc.get_ledger_entries([key])
+        if found.entries:
+            return "used"
+        return "expired" if found.latest_ledger > authorization.valid_until_ledger else "live"
+
+    async def _simulate(self, envelope: TransactionEnvelope) -> TransactionEnvelope:
         try:
-            prepared = await self.rpc.prepare_transaction(envelope)
+            return await self.rpc.prepare_transaction(envelope)
         except PrepareTransactionException as exc:
             raise ApplicationError(
                 f"simulation failed: {exc.simulate_transaction_response.error}",
                 type=SIMULATION_FAILED,
                 non_retryable=True,
             ) from None
-        tx = prepared.transaction
-        fee = tx.fee
-        if fee > settings.PAYOUTS_MAX_GAS_STROOPS:
-            raise ApplicationError(
-                f"fee {fee} stroops exceeds PAYOUTS_MAX_GAS_STROOPS={settings.PAYOUTS_MAX_GAS_STROOPS}",
-                type=FEE_CAP_EXCEEDED,
-                non_retryable=True,
-            )
-        bounds = tx.preconditions.time_bounds if tx.preconditions is not None else None
-        assert bounds is not None and tx.soroban_data is not None
-        return BuiltEnvelope(
-            unsigned_xdr=prepared.to_xdr(),
-            tx_hash=prepared.hash_hex(),
-            source_account=source.account.account_id,
-            sequence=tx.sequence,
-            max_time=bounds.max_time,
-            fee=fee,
-            resource_fee=tx.soroban_data.resource_fee.int64,
-            built_at_ledger=stats.latest_ledger,
-        )
 
-    @activity.defn
-    async def sign_with_hot_key(self, unsigned: BuiltEnvelope) -> str:
-        secret = self.settings.PAYOUT_HOT_SIGNER_SECRET
-        if secret is None:
-            raise ApplicationError("no hot key configured", type=SIGNATURE_REJECTED, non_retryable=True)
-        envelope = TransactionEnvelope.from_xdr(unsigned.unsigned_xdr, self.settings.STELLAR_NETWORK_PASSPHRASE)
-        envelope.sign(Keypair.from_secret(secret.get_secret_value()))
-        return envelope.to_xdr()
+    async def _recent_fee_stats(self) -> GetFeeStatsResponse:
+        """getFeeStats, at most :data:`FEE_STATS_MAX_AGE_SECONDS` old: fees move per ledger,
+        and asking once per payout cost an RPC round trip each. Its ``latest_ledger`` is
+        still a ledger an envelope built now cannot predate."""
+        now = time.monotonic()
+        if self._fee_stats is None or now - self._fee_stats[0] > FEE_STATS_MAX_AGE_SECONDS:
+            self._fee_stats = (now, await self.rpc.get_fee_stats())
+        return self._fee_stats[1]
 
-    @activity.defn
-    async def check_signature(self, signature: SignatureInput) -> str | None:
-        """None when ``signed_xdr`` is the built transaction, signed well enough; else the reason."""
-        source = self.settings.PAYOUT_SOURCE_ACCOUNT
+    def _hot_keypair(self) -> Keypair:
+        if self._hot is None:
+            secret = self.settings.PAYOUT_HOT_SIGNER_SECRET
+            if secret is None:
+                raise ApplicationError("no hot key configured", type=SIGNATURE_REJECTED, non_retryable=True)
+            self._hot = Keypair.from_secret(secret.get_secret_value())
+        return self._hot
+
+    async def _account_state(self, account: str) -> _AccountState | None:
+        """The account's sequence, balance, signers and medium threshold; None if missing."""
         key = x.LedgerKey(
             x.LedgerEntryType.ACCOUNT,
-            account=x.LedgerKeyAccount(Keypair.from_public_key(source).xdr_account_id()),
+            account=x.LedgerKeyAccount(Keypair.from_public_key(account).xdr_account_id()),
         )
         entries = (await self.rpc.get_ledger_entries([key])).entries or []
         if not entries:
-            return f"source account {source} does not exist"
-        account = x.LedgerEntryData.from_xdr(entries[0].xdr).account
-        assert account is not None
-        thresholds = account.thresholds.thresholds
+            return None
+        entry = x.LedgerEntryData.from_xdr(entries[0].xdr).account
+        assert entry is not None
+        thresholds = entry.thresholds.thresholds
         weights = {
             Keypair.from_raw_ed25519_public_key(s.key.ed25519.uint256).public_key: s.weight.uint32
-            for s in account.signers
+            for s in entry.signers
             if s.key.ed25519 is not None
         }
-        weights[source] = thresholds[0]
+        weights[account] = thresholds[0]
+        return _AccountState(entry.seq_num.sequence_number.int64, entry.balance.int64, weights, thresholds[2])
+
+    # -- external signatures -----------------------------------------------------------
+
+    @activity.defn
+    async def check_signature(self, signature: SignatureInput) -> str | None:
+        """None when ``signed_xdr`` is what was handed out, signed well enough; else the reason."""
+        settings = self.settings
+        payer = settings.PAYOUT_SOURCE_ACCOUNT
+        state = await self._account_state(payer)
+        if state is None:
+            return f"source account {payer} does not exist"
         try:
-            check_signed_envelope(
-                signature.signed_xdr,
-                signature.tx_hash,
-                self.settings.STELLAR_NETWORK_PASSPHRASE,
-                weights,
-                thresholds[2],
-            )
+            if signature.authorization is not None:
+                check_signed_authorization(
+                    signature.signed_xdr,
+                    x.SorobanAuthorizationEntry.from_xdr(signature.authorization),
+                    settings.STELLAR_NETWORK_PASSPHRASE,
+                    state.signer_weights,
+                    state.medium_threshold,
+                )
+            else:
+                check_signed_envelope(
+                    signature.signed_xdr,
+                    signature.tx_hash,
+                    settings.STELLAR_NETWORK_PASSPHRASE,
+                    state.signer_weights,
+                    state.medium_threshold,
+                )
         except EnvelopeError as exc:
             return str(exc)
         return None
-
-    @activity.defn
-    async def submit_envelope(self, signed_xdr: str) -> SubmitResult:
-        sent = await self.rpc.send_transaction(signed_xdr)
-        code = None
-        if sent.error_result_xdr:
-            code = x.TransactionResult.from_xdr(sent.error_result_xdr).result.code.name
-        return SubmitResult(status=sent.status.value, latest_ledger=sent.latest_ledger, error_code=code)
-
-    @activity.defn
-    async def look_up_envelope(self, tx_hash: str) -> EnvelopeLookup:
-        found = await self.rpc.get_transaction(tx_hash)
-        lookup = EnvelopeLookup(
-            status=found.status.value,
-            latest_ledger=found.latest_ledger,
-            latest_close_time=found.latest_ledger_close_time,
-            oldest_ledger=found.oldest_ledger,
-        )
-        if found.status == GetTransactionStatus.NOT_FOUND:
-            return lookup
-        result = x.TransactionResult.from_xdr(found.result_xdr or "")
-        return EnvelopeLookup(
-            status=lookup.status,
-            latest_ledger=lookup.latest_ledger,
-            latest_close_time=lookup.latest_close_time,
-            oldest_ledger=lookup.oldest_ledger,
-            ledger=found.ledger,
-            fee_charged=result.fee_charged.int64,
-            result_code=result.result.code.name,
-        )

@@ -1,7 +1,8 @@
 """Activities that keep the durable record in the app DB (``payouts`` and ``transactions``).
 
-Sync functions run in the worker's thread pool; each DB call is its own short
-transaction and safe to repeat, so retries are harmless. ``start_payout`` is also where a
+Sync functions run in the worker's thread pool, as local activities: each DB call is its
+own short transaction and safe to repeat, so retries (and re-runs after a lost workflow
+task) are harmless. ``start_payout`` is also where a
 run learns its key's past: an envelope that already confirmed (the key paid, even if
 Temporal's history of that run is gone) or envelopes that were sent and never settled.
 """
@@ -12,7 +13,8 @@ from sqlalchemy.engine import Engine
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from payouts import db
+from payouts import db, leases
+from payouts.channels import ChannelKeys
 from payouts.config import PayoutSettings
 from payouts.errors import IdempotencyConflict
 from payouts.messages import (
@@ -21,7 +23,6 @@ from payouts.messages import (
     PayoutStart,
     RecordedEnvelope,
     RecordEnvelopeInput,
-    SettleEnvelopeInput,
 )
 from payouts.models import PayoutRequest, PayoutState
 
@@ -41,6 +42,7 @@ class RecordActivities:
             max_attempts=s.PAYOUTS_MAX_ATTEMPTS,
             confirm_poll_ms=s.PAYOUTS_CONFIRM_POLL_MS,
             confirm_max_polls=s.PAYOUTS_CONFIRM_MAX_POLLS,
+            uses_channels=ChannelKeys(s).pool.uses_channels,
         )
 
     @activity.defn
@@ -60,7 +62,7 @@ class RecordActivities:
             else None
         )
         unsettled = [
-            RecordedEnvelope(e.tx_hash, e.envelope_xdr, e.max_time)
+            RecordedEnvelope(e.tx_hash, e.envelope_xdr, e.source_account, e.sequence, e.max_time, e.attempt)
             for e in envelopes
             if e.status in (db.EnvelopeStatus.QUEUED, db.EnvelopeStatus.SUBMITTED)
         ]
@@ -86,23 +88,10 @@ class RecordActivities:
         )
 
     @activity.defn
-    def mark_submitted(self, tx_hash: str) -> None:
-        """Called once, right after an envelope's first send and before it is settled."""
-        db.mark_envelope(self.engine, tx_hash, db.EnvelopeStatus.SUBMITTED)
-
-    @activity.defn
-    def settle_envelope(self, settled: SettleEnvelopeInput) -> None:
-        db.mark_envelope(
-            self.engine,
-            settled.tx_hash,
-            settled.status,
-            ledger=settled.ledger,
-            fee_charged=settled.fee_charged,
-            error=settled.error,
-        )
-
-    @activity.defn
     def finish_payout(self, outcome: PayoutOutcome) -> None:
+        """Record the outcome and free any lease the payout still holds (its envelopes are
+        all settled by now, e.g. one built and never sent because an older one paid)."""
+        leases.release_all(self.engine, outcome.idempotency_key)
         db.set_payout_state(
             self.engine,
             outcome.idempotency_key,

@@ -6,14 +6,16 @@ loop. It follows stellar-core where the payout engine can tell the difference:
 - submission (``submit``): banned hash → TRY_AGAIN_LATER; same hash queued → DUPLICATE;
   another transaction of the source account queued → TRY_AGAIN_LATER (ERROR txBAD_SEQ if
   its sequence number is below the queued one's); then ``checkValid``
-  (sequence, signatures and thresholds, time and ledger bounds, fees) → ERROR + result;
+  (sequence, signatures and thresholds, time and ledger bounds, fees, an AccountMerge into
+  its own source → txFAILED with ACCOUNT_MERGE_MALFORMED) → ERROR + result;
 - ledger close: queued transactions that are no longer valid are dropped and banned for
   10 ledgers (as stellar-core bans the invalid ones left in its queue), the rest are
   applied in arrival order (one per source account, at most ``max_tx_set_size``); a
   transaction left in the queue for 4 ledgers is dropped and its hash banned for 10;
 - apply: fee and sequence number are consumed first and stay consumed when an operation
-  fails; applied hashes are banned for 10 ledgers (re-sending → TRY_AGAIN_LATER, then
-  txBAD_SEQ from ``checkValid``), never DUPLICATE.
+  fails; an operation whose source account an earlier operation merged away fails with
+  opNO_ACCOUNT; applied hashes are banned for 10 ledgers (re-sending → TRY_AGAIN_LATER,
+  then txBAD_SEQ from ``checkValid``), never DUPLICATE.
 
 Deliberate simplifications (documented in README.md): the whole declared resource
 fee is charged (no refund of the refundable part); Stellar Asset Contracts exist
@@ -27,7 +29,7 @@ import json
 import logging
 import os
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,7 +52,7 @@ from devnet.faults import Faults
 from devnet.fees import resource_fee
 from devnet.host import HostError, SorobanHost, invocation_from_host_function
 from devnet.meta import transaction_meta
-from devnet.operations import change_trust, create_account, is_success, payment
+from devnet.operations import account_merge, change_trust, create_account, is_success, payment
 from devnet.state import LedgerChange, LedgerState, LedgerTxn
 from devnet.transactions import BASE_FEE, TC, ParsedTransaction, check_valid, parse_envelope
 
@@ -183,6 +185,7 @@ class Devnet:
         self.queue: OrderedDict[str, _Queued] = OrderedDict()
         self.queued_accounts: dict[str, str] = {}
         self.bans: dict[str, int] = {}
+        self.send_answers: dict[str, Counter[str]] = {}
         self.transactions: dict[str, TransactionRecord] = {}
         self.ledgers: OrderedDict[int, LedgerRecord] = OrderedDict()
         # The network root holds every lumen at genesis, as on a standalone stellar-core.
@@ -331,8 +334,19 @@ class Devnet:
     # -- submission ----------------------------------------------------------------
 
     def submit(self, envelope_xdr: str) -> SendResult:
-        """sendTransaction. Raises MalformedEnvelope / NotSupported for unusable input."""
+        """sendTransaction. Raises MalformedEnvelope / NotSupported for unusable input.
+
+        Every answer is counted per source account (``send_answers``), so tests can check
+        what a client was told without trusting the client's own account of it."""
         ptx = parse_envelope(envelope_xdr, self.network_id)
+        result = self._submit(ptx)
+        answer = result.status
+        if result.error is not None:
+            answer += " " + result.error.result.code.name
+        self.send_answers.setdefault(ptx.source, Counter())[answer] += 1
+        return result
+
+    def _submit(self, ptx: ParsedTransaction) -> SendResult:
         tx_hash = ptx.hash_hex
         if self.faults.take("try_again_later", "sendTransaction") is not None:
             return SendResult("TRY_AGAIN_LATER", tx_hash)
@@ -348,9 +362,9 @@ class Devnet:
                 return SendResult("ERROR", tx_hash, _result(ptx.fee, TC.txBAD_SEQ))
             return SendResult("TRY_AGAIN_LATER", tx_hash)
         min_fee = resource_fee(ptx.soroban.resources) if ptx.soroban is not None else None
-        code = check_valid(ptx, self.state, self.latest.sequence + 1, int(time.time()), min_fee)
-        if code is not None:
-            return SendResult("ERROR", tx_hash, _result(ptx.fee, code))
+        invalid = check_valid(ptx, self.state, self.latest.sequence + 1, int(time.time()), min_fee)
+        if invalid is not None:
+            return SendResult("ERROR", tx_hash, _result(ptx.fee, invalid.code, invalid.op_results))
         self.queue[tx_hash] = _Queued(ptx, self.latest.sequence, min_fee)
         self.queued_accounts[ptx.source] = tx_hash
         return SendResult("PENDING", tx_hash)
@@ -466,6 +480,10 @@ class Devnet:
         self, ltx: LedgerTxn, op: x.Operation, source: str, ptx: ParsedTransaction
     ) -> tuple[x.OperationResult, list[x.ContractEvent], x.SCVal | None]:
         body = op.body
+        # An earlier operation of the transaction may have merged the source account away:
+        # stellar-core's checkValid at apply fails the operation with opNO_ACCOUNT.
+        if not isinstance(ltx.get(account_key(source)), AccountEntry):
+            return x.OperationResult(x.OperationResultCode.opNO_ACCOUNT), [], None
         if body.type == x.OperationType.CREATE_ACCOUNT:
             assert body.create_account_op is not None
             return create_account(ltx, source, body.create_account_op), [], None
@@ -481,6 +499,9 @@ class Devnet:
                     Asset.from_xdr_object(x.Asset(line.type, alpha_num4=line.alpha_num4, alpha_num12=line.alpha_num12))
                 )
             return result, [], None
+        if body.type == x.OperationType.ACCOUNT_MERGE:
+            assert body.destination is not None
+            return account_merge(ltx, source, body.destination), [], None
         assert body.invoke_host_function_op is not None and ptx.soroban is not None
         return self._invoke(ltx, body.invoke_host_function_op, source, ptx.soroban)
 

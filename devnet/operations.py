@@ -1,4 +1,5 @@
-"""Applying the classic operations devnet supports: CreateAccount, Payment, ChangeTrust.
+"""Applying the classic operations devnet supports: CreateAccount, Payment, ChangeTrust,
+AccountMerge.
 
 Each function applies one operation to a :class:`~devnet.state.LedgerTxn` and returns the
 operation's XDR result; a result code other than success means the transaction fails and
@@ -26,6 +27,7 @@ from devnet.transactions import muxed_account_id
 CA = x.CreateAccountResultCode
 PAY = x.PaymentResultCode
 CT = x.ChangeTrustResultCode
+AM = x.AccountMergeResultCode
 
 
 def _account_id(account_id: x.AccountID) -> str:
@@ -41,7 +43,13 @@ def is_success(result: x.OperationResult) -> bool:
     if result.code != x.OperationResultCode.opINNER or result.tr is None:
         return False
     tr = result.tr
-    inner = tr.create_account_result or tr.payment_result or tr.change_trust_result or tr.invoke_host_function_result
+    inner = (
+        tr.create_account_result
+        or tr.payment_result
+        or tr.change_trust_result
+        or tr.account_merge_result
+        or tr.invoke_host_function_result
+    )
     assert inner is not None
     return int(inner.code.value) == 0
 
@@ -170,3 +178,42 @@ def change_trust(ltx: LedgerTxn, source_id: str, op: x.ChangeTrustOp) -> x.Opera
     ltx.put(source)
     ltx.put(TrustlineEntry(source_id, name, limit=limit))
     return result(CT.CHANGE_TRUST_SUCCESS)
+
+
+def account_merge(ltx: LedgerTxn, source_id: str, destination: x.MuxedAccount) -> x.OperationResult:
+    """AccountMerge as stellar-core applies it from protocol 16 (``MergeOpFrame::doApplyFromV16``):
+    the source account's whole balance (after the transaction's fee) goes to the
+    destination and the source account is deleted.
+
+    ACCOUNT_MERGE_IMMUTABLE_SET and ACCOUNT_MERGE_IS_SPONSOR never occur: devnet has no
+    account flags and no sponsorships.
+    """
+
+    def result(code: x.AccountMergeResultCode, moved: int | None = None) -> x.OperationResult:
+        merge_result = x.AccountMergeResult(code, source_account_balance=None if moved is None else x.Int64(moved))
+        return _inner(x.OperationType.ACCOUNT_MERGE, account_merge_result=merge_result)
+
+    destination_id = muxed_account_id(destination)
+    # doCheckValid (made at submission too, see transactions.check_operation), run again at apply.
+    if destination_id == source_id:
+        return result(AM.ACCOUNT_MERGE_MALFORMED)
+    if ltx.get(account_key(destination_id)) is None:
+        return result(AM.ACCOUNT_MERGE_NO_ACCOUNT)
+    source = ltx.load(account_key(source_id))
+    assert isinstance(source, AccountEntry)
+    # Signers are sub-entries too, but do not block a merge: they go with the account.
+    if source.num_sub_entries != len(source.signers):
+        return result(AM.ACCOUNT_MERGE_HAS_SUB_ENTRIES)
+    # The account could be re-created in this very ledger with the starting sequence number
+    # (ledgerSeq << 32): merging it must not let its sequence number go backwards.
+    if source.seq_num >= ltx.ledger_seq << 32:
+        return result(AM.ACCOUNT_MERGE_SEQNUM_TOO_FAR)
+    moved = source.balance
+    dest = ltx.load(account_key(destination_id))
+    assert isinstance(dest, AccountEntry)
+    if dest.balance + moved > MAX_INT64:
+        return result(AM.ACCOUNT_MERGE_DEST_FULL)
+    dest.balance += moved
+    ltx.put(dest)
+    ltx.remove(source.key())
+    return result(AM.ACCOUNT_MERGE_SUCCESS, moved)

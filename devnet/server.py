@@ -11,7 +11,8 @@ Admin endpoint (not part of any real network; never expose it beyond localhost):
 - ``POST /admin/payout-contract`` ``{"admin": "G…", "asset": "XLM" | "CODE:ISSUER"}`` —
   deploy the built-in payout contract; answers ``{"contract_id": "C…"}``.
 - ``POST /admin/close-ledger`` — close a ledger now.
-- ``GET /admin/stats`` — queue size, ledger, recent close intervals (ms).
+- ``GET /admin/stats`` — queue size, ledger, recent close intervals (ms), sendTransaction
+  answers per source account.
 """
 
 from __future__ import annotations
@@ -224,5 +225,7 @@ class DevnetServer:
                 "queue": len(self.devnet.queue),
                 "transactions": len(self.devnet.transactions),
                 "close_intervals_ms": self.clock.close_intervals_ms[-200:],
+                # sendTransaction answers per source account: {"G…": {"PENDING": 3, "ERROR txBAD_SEQ": 1}}
+                "send_answers": {source: dict(counts) for source, counts in self.devnet.send_answers.items()},
             }
         )

@@ -18,13 +18,18 @@ from devnet.state import LedgerState, LedgerTxn
 
 BASE_FEE = 100
 TC = x.TransactionResultCode
+OT = x.OperationType
 
 _SUPPORTED_OPS = {
-    x.OperationType.CREATE_ACCOUNT,
-    x.OperationType.PAYMENT,
-    x.OperationType.CHANGE_TRUST,
-    x.OperationType.INVOKE_HOST_FUNCTION,
+    OT.CREATE_ACCOUNT,
+    OT.PAYMENT,
+    OT.CHANGE_TRUST,
+    OT.ACCOUNT_MERGE,
+    OT.INVOKE_HOST_FUNCTION,
 }
+
+# Indices into AccountEntry.thresholds (master weight, low, medium, high).
+THRESHOLD_LOW, THRESHOLD_MEDIUM, THRESHOLD_HIGH = 1, 2, 3
 
 
 class MalformedEnvelope(ValueError):
@@ -38,6 +43,66 @@ def muxed_account_id(account: x.MuxedAccount) -> str:
         return account_strkey(account.ed25519.uint256)
     assert account.med25519 is not None
     return account_strkey(account.med25519.ed25519.uint256)
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """Why :func:`check_valid` rejects a transaction. ``op_results`` is set for txFAILED
+    from an operation's own checks (one result per operation, as stellar-core reports it)."""
+
+    code: x.TransactionResultCode
+    op_results: list[x.OperationResult] | None = None
+
+
+def threshold_level(op: x.Operation) -> int:
+    """The threshold an operation's source must meet (stellar-core ``getThresholdLevel``):
+    high for AccountMerge, medium for the other operations devnet supports."""
+    return THRESHOLD_HIGH if op.body.type == OT.ACCOUNT_MERGE else THRESHOLD_MEDIUM
+
+
+def _unchecked_result(op_type: x.OperationType) -> x.OperationResult:
+    """An operation's result before it is applied: opINNER with result code 0, as in
+    the transaction result that stellar-core's ``checkValid`` fills in."""
+    if op_type == OT.CREATE_ACCOUNT:
+        tr = x.OperationResultTr(
+            op_type, create_account_result=x.CreateAccountResult(x.CreateAccountResultCode.CREATE_ACCOUNT_SUCCESS)
+        )
+    elif op_type == OT.PAYMENT:
+        tr = x.OperationResultTr(op_type, payment_result=x.PaymentResult(x.PaymentResultCode.PAYMENT_SUCCESS))
+    elif op_type == OT.CHANGE_TRUST:
+        tr = x.OperationResultTr(
+            op_type, change_trust_result=x.ChangeTrustResult(x.ChangeTrustResultCode.CHANGE_TRUST_SUCCESS)
+        )
+    else:
+        assert op_type == OT.ACCOUNT_MERGE  # classic; a Soroban transaction has a single operation
+        tr = x.OperationResultTr(
+            op_type,
+            account_merge_result=x.AccountMergeResult(
+                x.AccountMergeResultCode.ACCOUNT_MERGE_SUCCESS, source_account_balance=x.Int64(0)
+            ),
+        )
+    return x.OperationResult(x.OperationResultCode.opINNER, tr=tr)
+
+
+def check_operation(op: x.Operation, source: str) -> x.OperationResult | None:
+    """An operation's own checks that need no ledger state (stellar-core ``doCheckValid``),
+    for the operations where devnet makes them at submission: the failing result, or None.
+
+    Only AccountMerge's so far: merging an account into itself is ACCOUNT_MERGE_MALFORMED
+    (muxed IDs compare by their underlying account).
+    """
+    body = op.body
+    if body.type == OT.ACCOUNT_MERGE:
+        assert body.destination is not None
+        if muxed_account_id(body.destination) == source:
+            return x.OperationResult(
+                x.OperationResultCode.opINNER,
+                tr=x.OperationResultTr(
+                    OT.ACCOUNT_MERGE,
+                    account_merge_result=x.AccountMergeResult(x.AccountMergeResultCode.ACCOUNT_MERGE_MALFORMED),
+                ),
+            )
+    return None
 
 
 @dataclass
@@ -179,50 +244,60 @@ def check_valid(
     next_ledger_seq: int,
     close_time: int,
     min_resource_fee: int | None,
-) -> x.TransactionResultCode | None:
+) -> Invalid | None:
     """stellar-core's ``checkValid`` for a transaction about to enter the queue or a ledger.
 
     ``min_resource_fee`` is the fee the declared Soroban resources cost (None for classic
-    transactions). Returns the failing result code, or None when the transaction is valid.
+    transactions). Returns why the transaction is invalid, or None when it is valid.
     """
     ops = ptx.tx.operations
     if not ops:
-        return TC.txMISSING_OPERATION
-    is_soroban = any(op.body.type == x.OperationType.INVOKE_HOST_FUNCTION for op in ops)
+        return Invalid(TC.txMISSING_OPERATION)
+    is_soroban = any(op.body.type == OT.INVOKE_HOST_FUNCTION for op in ops)
     if is_soroban and (len(ops) != 1 or ptx.soroban is None):
-        return TC.txMALFORMED
+        return Invalid(TC.txMALFORMED)
     if not is_soroban and ptx.soroban is not None:
-        return TC.txMALFORMED
+        return Invalid(TC.txMALFORMED)
     code = time_bounds_code(ptx, close_time, next_ledger_seq)
     if code is not None:
-        return code
+        return Invalid(code)
     if ptx.inclusion_fee < BASE_FEE * len(ops):
-        return TC.txINSUFFICIENT_FEE
+        return Invalid(TC.txINSUFFICIENT_FEE)
     if min_resource_fee is not None and ptx.resource_fee < min_resource_fee:
-        return TC.txSOROBAN_INVALID
+        return Invalid(TC.txSOROBAN_INVALID)
     source = state.get(account_key(ptx.source))
     if not isinstance(source, AccountEntry):
-        return TC.txNO_ACCOUNT
+        return Invalid(TC.txNO_ACCOUNT)
     if ptx.seq_num != source.seq_num + 1:
-        return TC.txBAD_SEQ
+        return Invalid(TC.txBAD_SEQ)
     assert ptx.envelope.v1 is not None
     signatures = [(s.hint.signature_hint, s.signature.signature) for s in ptx.envelope.v1.signatures]
     used: set[int] = set()
     # Each distinct source (transaction and operations) must meet its threshold: low for
-    # the transaction itself (fee and sequence), medium for the operations devnet supports.
-    needed: dict[str, int] = {ptx.source: source.thresholds[1]}
-    for op_source in ptx.op_sources():
+    # the transaction itself (fee and sequence), each operation's own level for its source
+    # (medium, or high for AccountMerge; see threshold_level).
+    needed: dict[str, int] = {ptx.source: source.thresholds[THRESHOLD_LOW]}
+    op_sources = ptx.op_sources()
+    for op, op_source in zip(ops, op_sources, strict=True):
         account = state.get(account_key(op_source))
         if not isinstance(account, AccountEntry):
-            return TC.txFAILED if op_source != ptx.source else TC.txNO_ACCOUNT
-        needed[op_source] = max(needed.get(op_source, 0), account.thresholds[2])
+            return Invalid(TC.txFAILED if op_source != ptx.source else TC.txNO_ACCOUNT)
+        needed[op_source] = max(needed.get(op_source, 0), account.thresholds[threshold_level(op)])
     for account_id, threshold in needed.items():
         account = state.get(account_key(account_id))
         assert isinstance(account, AccountEntry)
         if signed_weight(account, ptx.hash, signatures, used) < max(threshold, 1):
-            return TC.txBAD_AUTH
+            return Invalid(TC.txBAD_AUTH)
+    # The operations' own checks; the first failing one fails the transaction (txFAILED)
+    # with its result among the operations' results, as in stellar-core's checkValid.
+    for index, (op, op_source) in enumerate(zip(ops, op_sources, strict=True)):
+        failed = check_operation(op, op_source)
+        if failed is not None:
+            results = [_unchecked_result(o.body.type) for o in ops]
+            results[index] = failed
+            return Invalid(TC.txFAILED, results)
     if len(used) != len(signatures):
-        return TC.txBAD_AUTH_EXTRA
+        return Invalid(TC.txBAD_AUTH_EXTRA)
     if source.available_balance() < ptx.fee:
-        return TC.txINSUFFICIENT_BALANCE
+        return Invalid(TC.txINSUFFICIENT_BALANCE)
     return None

@@ -1,11 +1,17 @@
-"""The starter CLI: ``pay``, ``status``, ``submit-signed`` and ``sign``.
+"""The starter CLI: ``pay``, ``status``, ``submit-signed``, ``sign`` and ``channels``.
 
-``sign`` plays the external HSM/KMS for demos: it signs an unsigned payout envelope with
-a secret read from a file (never from the command line, where it would land in shell
-history and process listings) and prints the signed XDR.
+``sign`` plays the external HSM/KMS for demos: it signs an unsigned payout envelope, or
+(with channel accounts) the payout account's authorization entry, with a secret read from
+a file (never from the command line, where it would land in shell history and process
+listings) and prints the signed XDR.
 
-Exit codes: 0 done, 1 the payout failed or a signature was rejected, 2 bad input or
-configuration (the message names the field and the rule).
+``channels ensure|list|merge`` manage the pool of channel accounts (:mod:`payouts.pool`):
+they read their configuration from the environment like the worker, and talk to the
+Stellar RPC and the app DB only (not to Temporal).
+
+Exit codes: 0 done, 1 the payout failed, a signature was rejected, or the chain or the
+lease table refused a pool operation, 2 bad input or configuration (the message names the
+flag or variable and the rule; nothing was sent).
 """
 
 from __future__ import annotations
@@ -18,16 +24,35 @@ import sys
 from pathlib import Path
 
 from pydantic import ValidationError
+from sqlalchemy.exc import SQLAlchemyError
 from stellar_sdk import Keypair, StrKey, TransactionEnvelope
+from stellar_sdk import xdr as stellar_xdr
+from stellar_sdk.auth import authorize_entry
+from stellar_sdk.soroban_server_async import SorobanServerAsync
 from temporalio.client import Client, WorkflowFailureError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
+from payouts import db
 from payouts.client import PayoutClient, SignatureRejected
-from payouts.config import ConfigError, load_temporal_settings
+from payouts.config import ConfigError, load_settings, load_temporal_settings
 from payouts.envelopes import EnvelopeError, parse_envelope
 from payouts.errors import IdempotencyConflict
 from payouts.models import PayoutRequest, is_valid_idempotency_key
+from payouts.pool import (
+    DEFAULT_BALANCE,
+    RPC_ERRORS,
+    ChannelPool,
+    ChannelStatus,
+    EnsureReport,
+    MergeResult,
+    PoolError,
+    PoolInputError,
+    channel_count,
+    check_secrets,
+    format_xlm,
+    parse_balance,
+)
 
 
 class UsageError(ValueError):
@@ -59,6 +84,20 @@ def _parser() -> argparse.ArgumentParser:
     sign.add_argument("--secret-file", type=Path, required=True)
     sign.add_argument("--xdr", required=True, help="unsigned envelope (base64), e.g. from `status`")
     sign.add_argument("--network-passphrase", required=True)
+
+    channels = commands.add_parser("channels", help="manage the pool of channel accounts")
+    pool = channels.add_subparsers(dest="pool_command", required=True)
+    ensure = pool.add_parser("ensure", help="create missing channels, top up low ones, put them in rotation")
+    ensure.add_argument("--count", type=int, help="channels 0..N-1 (default: PAYOUTS_CHANNEL_COUNT)")
+    ensure.add_argument(
+        "--balance", default=DEFAULT_BALANCE, help=f"target XLM per channel (default {DEFAULT_BALANCE})"
+    )
+    listing = pool.add_parser("list", help="each channel's balance and lease")
+    listing.add_argument("--count", type=int, help="channels 0..N-1 (default: PAYOUTS_CHANNEL_COUNT)")
+    merge = pool.add_parser("merge", help="merge channels back into the payout account")
+    merge.add_argument("--count", type=int, help="channels 0..N-1 (default: PAYOUTS_CHANNEL_COUNT)")
+    for command in (ensure, listing, merge):
+        command.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
 
@@ -91,16 +130,138 @@ def sign_envelope(secret_file: Path, unsigned_xdr: str, network_passphrase: str)
         raise UsageError(f"--secret-file: cannot read {secret_file}: {exc.strerror}") from None
     if not StrKey.is_valid_ed25519_secret_seed(secret):
         raise UsageError(f"--secret-file: {secret_file} does not hold an S… secret seed")
+    signer = Keypair.from_secret(secret)
     try:
         envelope = parse_envelope(unsigned_xdr, network_passphrase)
     except EnvelopeError as exc:
-        raise UsageError(f"--xdr: {exc}") from None
+        entry = _authorization_entry(unsigned_xdr)
+        if entry is None:
+            raise UsageError(f"--xdr: {exc}; nor is it a SorobanAuthorizationEntry") from None
+        # Channels: the payout account signs the authorization entry (status'
+        # authorization_xdr), at the expiration ledger already set in it.
+        creds = entry.credentials.address or entry.credentials.address_v2
+        assert creds is not None
+        valid_until = creds.signature_expiration_ledger.uint32
+        return authorize_entry(entry, signer, valid_until, network_passphrase).to_xdr()
     assert isinstance(envelope, TransactionEnvelope)
-    envelope.sign(Keypair.from_secret(secret))
+    envelope.sign(signer)
     return envelope.to_xdr()
 
 
+def _authorization_entry(entry_xdr: str) -> stellar_xdr.SorobanAuthorizationEntry | None:
+    """The entry, if ``entry_xdr`` is an unsigned authorization entry with address credentials."""
+    try:
+        entry = stellar_xdr.SorobanAuthorizationEntry.from_xdr(entry_xdr)
+    except Exception:  # the XDR library raises assorted errors on bad or truncated input
+        return None
+    if entry.credentials.address is None and entry.credentials.address_v2 is None:
+        return None
+    return entry
+
+
+def _print_ensure(report: EnsureReport, as_json: bool) -> None:
+    if as_json:
+        _print(report)
+        return
+    for funding in report.funded:
+        where = f"channel {funding.channel.index} {funding.channel.account}"
+        if funding.before is None:
+            print(f"created {where} with {format_xlm(funding.amount)} XLM")
+        else:
+            total = funding.before + funding.amount
+            print(f"topped up {where} from {format_xlm(funding.before)} to {format_xlm(total)} XLM")
+    for channel, balance in report.unchanged:
+        print(f"channel {channel.index} {channel.account} holds {format_xlm(balance)} XLM: unchanged")
+    for sent in report.transactions:
+        ops = f"{sent.operations} operation(s)"
+        print(f"transaction {sent.tx_hash}: {ops}, ledger {sent.ledger}, fee {sent.fee_charged} stroops")
+    if not report.transactions:
+        print("nothing to send")
+    print(f"in rotation: {len(report.in_rotation)} channel(s)")
+    for channel in report.below_minimum:
+        print(f"channel {channel.index} {channel.account} is short of PAYOUTS_CHANNEL_MIN_BALANCE_STROOPS: parked")
+
+
+def _status_json(s: ChannelStatus) -> dict[str, object]:
+    return {
+        "index": s.channel.index,
+        "account": s.channel.account,
+        "balance": None if s.balance is None else format_xlm(s.balance),
+        "balance_stroops": s.balance,
+        "registered": s.registered,
+        "in_rotation": s.in_rotation,
+        "note": s.note,
+        "holder": s.holder,
+        "lease_expires_at": None if s.expires_at is None else s.expires_at.isoformat(),
+    }
+
+
+def _print_list(states: list[ChannelStatus], as_json: bool) -> None:
+    if as_json:
+        _print([_status_json(s) for s in states])
+        return
+    rows = [("#", "account", "balance (XLM)", "rotation", "holder", "lease expires")]
+    for s in states:
+        if not s.registered:
+            rotation = "not registered"
+        else:
+            rotation = "in rotation" if s.in_rotation else f"out: {s.note or 'no note'}"
+        expires = "" if s.expires_at is None else s.expires_at.isoformat(timespec="seconds")
+        balance = "missing" if s.balance is None else format_xlm(s.balance)
+        rows.append((str(s.channel.index), s.channel.account, balance, rotation, s.holder or "", expires))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    right = (0, 2)  # numbers
+    for row in rows:
+        cells = [cell.rjust(widths[i]) if i in right else cell.ljust(widths[i]) for i, cell in enumerate(row)]
+        print("  ".join(cells).rstrip())
+
+
+def _print_merge(results: list[MergeResult], as_json: bool) -> None:
+    if as_json:
+        _print([dataclasses.asdict(result) for result in results])
+        return
+    for result in results:
+        where = f"channel {result.channel.index} {result.channel.account}"
+        if result.outcome == "merged":
+            assert result.transaction is not None and result.amount is not None
+            sent, moved = result.transaction, format_xlm(result.amount)
+            fee = f"fee {sent.fee_charged} stroops"
+            print(f"merged {where}: {moved} XLM to the payout account (transaction {sent.tx_hash}, {fee})")
+        elif result.outcome == "missing":
+            print(f"missing {where}: {result.reason}")
+        else:
+            print(f"{result.outcome} {where}: {result.reason}", file=sys.stderr)
+
+
+async def _channels(args: argparse.Namespace) -> int:
+    """``channels ensure|list|merge``: every input is checked before the DB or the chain is
+    touched, so bad input sends nothing."""
+    settings = load_settings()
+    command = args.pool_command
+    count = channel_count(args.count, settings, merge=command == "merge")
+    target = parse_balance(args.balance, settings) if command == "ensure" else 0
+    check_secrets(settings, funding=command == "ensure")
+    await asyncio.to_thread(db.upgrade_database, settings.DATABASE_URL)
+    engine = db.make_engine(settings.DATABASE_URL)
+    try:
+        async with SorobanServerAsync(settings.SOROBAN_RPC_URL) as rpc:
+            pool = ChannelPool(settings, rpc, engine)
+            if command == "ensure":
+                _print_ensure(await pool.ensure(count, target), args.json)
+                return 0
+            if command == "list":
+                _print_list(await pool.states(count), args.json)
+                return 0
+            results = await pool.merge(count)
+            _print_merge(results, args.json)
+            return 1 if any(r.outcome in ("refused", "failed") for r in results) else 0
+    finally:
+        engine.dispose()
+
+
 async def _run(args: argparse.Namespace) -> int:
+    if args.command == "channels":
+        return await _channels(args)
     if args.command == "sign":
         print(sign_envelope(args.secret_file, args.xdr, args.network_passphrase))
         return 0
@@ -155,9 +316,19 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     try:
         code = asyncio.run(_run(args))
-    except (UsageError, ConfigError) as exc:
+    except (UsageError, ConfigError, PoolInputError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 2
+    except PoolError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        code = 1
+    except RPC_ERRORS as exc:
+        # Named by type only: the RPC URL may carry an API key.
+        print(f"error: the Stellar RPC (SOROBAN_RPC_URL) failed: {type(exc).__name__}", file=sys.stderr)
+        code = 1
+    except SQLAlchemyError as exc:
+        print(f"error: the database (DATABASE_URL) failed: {type(exc).__name__}", file=sys.stderr)
+        code = 1
     except IdempotencyConflict as exc:
         print(f"error: {exc}", file=sys.stderr)
         code = 2

@@ -11,6 +11,12 @@ Decisions where the seed is silent:
 - ``PAYOUTS_ENVELOPE_TTL_SECONDS`` (hot key, default 120) and
   ``PAYOUTS_SIGNATURE_WINDOW_SECONDS`` (external signer, default 900) set the envelope's
   time bound; an envelope is replaced only after its bound has provably passed.
+- ``PAYOUTS_CHANNEL_COUNT`` (default 0) channel accounts, derived from
+  ``PAYOUTS_CHANNEL_SECRET`` (see :mod:`payouts.channels`), are the transactions' source
+  and pay their fees; ``PAYOUT_SOURCE_ACCOUNT`` then only authorizes the transfer. A
+  channel whose balance falls below ``PAYOUTS_CHANNEL_MIN_BALANCE_STROOPS`` is taken out
+  of rotation until it is topped up. With no channels, the source account is leased to
+  one payout at a time.
 - ``PAYOUTS_SIGN_WITH_HOT_KEY=true`` requires ``PAYOUT_HOT_SIGNER_SECRET``; the secret is a
   :class:`~pydantic.SecretStr`, so it never prints, and nothing else reads it but the
   signing activity.
@@ -64,6 +70,10 @@ class PayoutSettings(TemporalSettings):
     PAYOUTS_ENVELOPE_TTL_SECONDS: int = Field(default=120, ge=10, le=86_400)
     PAYOUTS_SIGNATURE_WINDOW_SECONDS: int = Field(default=900, ge=30, le=86_400)
 
+    PAYOUTS_CHANNEL_COUNT: int = Field(default=0, ge=0, le=1_000)
+    PAYOUTS_CHANNEL_SECRET: SecretStr | None = None
+    PAYOUTS_CHANNEL_MIN_BALANCE_STROOPS: int = Field(default=20_000_000, ge=0, le=2**63 - 1)
+
     DATABASE_URL: str = "sqlite:///payouts.db"
 
     @field_validator("PAYOUT_SOURCE_ACCOUNT", "PAYOUT_USDC_ISSUER")
@@ -80,7 +90,7 @@ class PayoutSettings(TemporalSettings):
             raise ValueError("must be a C… contract ID")
         return value
 
-    @field_validator("PAYOUT_HOT_SIGNER_SECRET")
+    @field_validator("PAYOUT_HOT_SIGNER_SECRET", "PAYOUTS_CHANNEL_SECRET")
     @classmethod
     def _secret(cls, value: SecretStr | None) -> SecretStr | None:
         if value is not None and not StrKey.is_valid_ed25519_secret_seed(value.get_secret_value()):
@@ -91,6 +101,8 @@ class PayoutSettings(TemporalSettings):
     def _hot_key_needs_secret(self) -> PayoutSettings:
         if self.PAYOUTS_SIGN_WITH_HOT_KEY and self.PAYOUT_HOT_SIGNER_SECRET is None:
             raise ValueError("PAYOUT_HOT_SIGNER_SECRET: required when PAYOUTS_SIGN_WITH_HOT_KEY is true")
+        if self.PAYOUTS_CHANNEL_COUNT > 0 and self.PAYOUTS_CHANNEL_SECRET is None:
+            raise ValueError("PAYOUTS_CHANNEL_SECRET: required when PAYOUTS_CHANNEL_COUNT is above 0")
         return self
 
 

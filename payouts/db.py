@@ -91,13 +91,17 @@ __all__ = [
     "TransactionRow",
     "confirmed_envelope",
     "current_revision",
+    "envelope",
     "envelopes_of",
     "get_payout",
     "make_engine",
     "mark_envelope",
+    "mark_submitted",
+    "note_envelope_error",
     "record_envelope",
     "record_payout",
     "set_payout_state",
+    "transaction",
     "upgrade_database",
 ]
 
@@ -107,6 +111,7 @@ _WRITE = "payouts_write_transaction"  # execution option: this transaction will 
 _TX_HASH = re.compile(r"^[0-9a-f]{64}$")
 # PostgreSQL advisory lock key taken while migrating, so workers starting together migrate once.
 _MIGRATION_LOCK = 0x5041_594F_5554  # "PAYOUT"
+_NOTE_LIMIT = 500
 
 
 class EnvelopeStatus(StrEnum):
@@ -423,7 +428,7 @@ def current_revision(engine: Engine) -> str | None:
 
 
 @contextmanager
-def _transaction(engine: Engine, *, write: bool) -> Iterator[Session]:
+def transaction(engine: Engine, *, write: bool) -> Iterator[Session]:
     """One short transaction: committed on success, rolled back on error."""
     bind = engine.execution_options(**{_WRITE: True}) if write else engine
     with Session(bind, expire_on_commit=False) as session, session.begin():
@@ -448,7 +453,7 @@ def _check_fingerprint(record: PayoutRecord, request: PayoutRequest, fingerprint
 
 def get_payout(engine: Engine, key: str) -> PayoutRecord | None:
     """The payout recorded under ``key``, or ``None``."""
-    with _transaction(engine, write=False) as session:
+    with transaction(engine, write=False) as session:
         row = _payout_row(session, key)
         return None if row is None else PayoutRecord.of(row)
 
@@ -466,7 +471,7 @@ def record_payout(engine: Engine, request: PayoutRequest) -> PayoutRecord:
         return _check_fingerprint(existing, request, fingerprint)
     now = _now()
     try:
-        with _transaction(engine, write=True) as session:
+        with transaction(engine, write=True) as session:
             row = PayoutRow(
                 idempotency_key=request.idempotency_key,
                 payout_id=request.payout_id,
@@ -506,7 +511,7 @@ def set_payout_state(
     is asked for a payout with a confirmed envelope (promise 7).
     """
     state = PayoutState(state)
-    with _transaction(engine, write=True) as session:
+    with transaction(engine, write=True) as session:
         row = _payout_row(session, key, lock=True)
         if row is None:
             raise PayoutNotFound(f"no payout recorded under idempotency key {key!r}")
@@ -597,7 +602,7 @@ def record_envelope(
 
     for _ in range(2):  # a concurrent insert of the same hash makes the first pass fail
         try:
-            with _transaction(engine, write=True) as session:
+            with transaction(engine, write=True) as session:
                 row = _envelope_row(session, tx_hash, lock=True)
                 if row is not None:
                     record = same(row)
@@ -650,7 +655,7 @@ def mark_envelope(
     """
     status = EnvelopeStatus(status)
     tx_hash = tx_hash.lower()
-    with _transaction(engine, write=True) as session:
+    with transaction(engine, write=True) as session:
         row = _envelope_row(session, tx_hash, lock=True)
         if row is None:
             raise EnvelopeNotFound(f"no transaction recorded with hash {tx_hash}")
@@ -674,9 +679,39 @@ def mark_envelope(
         return EnvelopeRecord.of(row)
 
 
+def mark_submitted(engine: Engine, tx_hash: str) -> None:
+    """``queued`` → ``submitted`` after the first send; a no-op in any other status."""
+    with transaction(engine, write=True) as session:
+        row = _envelope_row(session, tx_hash.lower(), lock=True)
+        if row is not None and row.status == EnvelopeStatus.QUEUED:
+            row.status, row.updated_at = EnvelopeStatus.SUBMITTED.value, _now()
+            session.add(row)
+
+
+def note_envelope_error(engine: Engine, tx_hash: str, error: str) -> None:
+    """Note an abnormal answer about an unsettled envelope, for operators: the distinct
+    answers in the order first seen, newest last (at most :data:`_NOTE_LIMIT` characters)."""
+    with transaction(engine, write=True) as session:
+        row = _envelope_row(session, tx_hash.lower(), lock=True)
+        if row is None or row.status not in (EnvelopeStatus.QUEUED, EnvelopeStatus.SUBMITTED):
+            return
+        seen = row.last_error.split("; ") if row.last_error else []
+        if error in seen:
+            return
+        row.last_error, row.updated_at = "; ".join([*seen, error])[-_NOTE_LIMIT:], _now()
+        session.add(row)
+
+
+def envelope(engine: Engine, tx_hash: str) -> EnvelopeRecord | None:
+    """The envelope recorded under ``tx_hash``, or ``None``."""
+    with transaction(engine, write=False) as session:
+        row = _envelope_row(session, tx_hash.lower())
+        return None if row is None else EnvelopeRecord.of(row)
+
+
 def envelopes_of(engine: Engine, key: str) -> list[EnvelopeRecord]:
     """Every envelope built for payout ``key``, oldest first."""
-    with _transaction(engine, write=False) as session:
+    with transaction(engine, write=False) as session:
         query = (
             select(TransactionRow)
             .where(TransactionRow.idempotency_key == key)
@@ -700,6 +735,6 @@ def confirmed_envelope(engine: Engine, key: str) -> EnvelopeRecord | None:
     The durable answer to "did this key already pay?", also once Temporal's history of the
     payout is gone (promise 1). Should a key ever have two, the first confirmed is returned.
     """
-    with _transaction(engine, write=False) as session:
+    with transaction(engine, write=False) as session:
         row = _confirmed_row(session, key)
         return None if row is None else EnvelopeRecord.of(row)

@@ -57,11 +57,13 @@ def build_payout_transaction(
     contract_id: str | None = None,
     method: str = "distribute_winnings",
     base_fee: int = 100,
+    payer: str | None = None,
 ) -> TransactionEnvelope:
     """An unsigned, unsimulated payout transaction with sequence ``source.sequence + 1``.
 
     With ``contract_id`` it calls ``method(to, amount)`` on that contract; otherwise it is
-    a ``transfer`` on ``asset``'s Stellar Asset Contract from the source account.
+    a ``transfer`` on ``asset``'s Stellar Asset Contract from ``payer`` (by default the
+    source account; a channel account carries payouts paid by another account).
     """
     if contract_id is not None:
         target, function = contract_id, method
@@ -70,7 +72,8 @@ def build_payout_transaction(
         if asset is None:
             raise ValueError("asset is required for a Stellar Asset Contract transfer")
         target, function = asset.contract_id(network_passphrase), "transfer"
-        args = [scval.to_address(source.account.account_id), scval.to_address(destination), scval.to_int128(stroops)]
+        sender = payer or source.account.account_id
+        args = [scval.to_address(sender), scval.to_address(destination), scval.to_int128(stroops)]
     return (
         TransactionBuilder(source, network_passphrase, base_fee=base_fee)
         .append_invoke_contract_function_op(target, function, args)

@@ -17,11 +17,35 @@ class BuildEnvelopeInput:
     stroops: int
     asset: str
     external_signing: bool
+    # With channels and an external signer: the payout account's signed authorization
+    # entry (base64), which the envelope carries.
+    signed_authorization: str | None = None
+
+
+@dataclass(frozen=True)
+class AuthorizationRequest:
+    """Channels with an external signer: the payout account's authorization entry to sign.
+
+    ``entry_xdr`` is the unsigned ``SorobanAuthorizationEntry`` (expiration ledger set);
+    the signer signs ``payload_hex`` (see :mod:`payouts.authorization`) and answers with
+    the entry, signature filled in.
+    """
+
+    entry_xdr: str
+    payload_hex: str
+    nonce: int
+    valid_until_ledger: int
+    expires_at: int  # unix time by which the workflow stops waiting for the signature
+    signed_entry_xdr: str | None = None  # hot key: signed at once
 
 
 @dataclass(frozen=True)
 class BuiltEnvelope:
-    """A simulated, fee-checked, unsigned envelope."""
+    """A simulated, fee-checked envelope on a leased source account.
+
+    ``signed_xdr`` is set when the worker could sign it (hot key, or a channel carrying a
+    signed authorization); otherwise an external signer must sign ``unsigned_xdr``.
+    """
 
     unsigned_xdr: str
     tx_hash: str
@@ -31,28 +55,41 @@ class BuiltEnvelope:
     fee: int
     resource_fee: int
     built_at_ledger: int  # the RPC's latest ledger when built: the envelope cannot be in an earlier one
+    signed_xdr: str | None = None
+    # Channels with the hot key: the payout account's signed authorization it carries,
+    # which the payout keeps carrying until it is used or expired.
+    authorization: AuthorizationRequest | None = None
 
 
 @dataclass(frozen=True)
 class SignatureInput:
+    """A signature to check: a signed envelope for ``tx_hash``, or (with
+    ``authorization`` set) a signed copy of that authorization entry."""
+
     tx_hash: str
     signed_xdr: str
+    authorization: str | None = None
 
 
 @dataclass(frozen=True)
-class SubmitResult:
-    """``sendTransaction``'s answer: PENDING, DUPLICATE, TRY_AGAIN_LATER or ERROR."""
+class SettleInput:
+    """An envelope to send (``signed_xdr``; None: only look it up) and follow until it is
+    applied or provably dead, recording it first (promise 3) and releasing its lease after."""
 
-    status: str
-    latest_ledger: int
-    error_code: str | None = None
+    idempotency_key: str
+    attempt: int
+    envelope: BuiltEnvelope
+    signed_xdr: str | None
+    since_ledger: int | None
+    confirm_poll_ms: int
+    confirm_max_polls: int
 
 
 @dataclass(frozen=True)
 class EnvelopeLookup:
     """``getTransaction`` by hash, with the RPC's window to judge a NOT_FOUND."""
 
-    status: str  # SUCCESS | FAILED | NOT_FOUND
+    status: str  # SUCCESS | FAILED | NOT_FOUND (settled: provably dead)
     latest_ledger: int
     latest_close_time: int
     oldest_ledger: int
@@ -70,6 +107,7 @@ class PayoutPolicy:
     max_attempts: int
     confirm_poll_ms: int
     confirm_max_polls: int
+    uses_channels: bool
 
 
 @dataclass(frozen=True)
@@ -78,7 +116,10 @@ class RecordedEnvelope:
 
     tx_hash: str
     signed_xdr: str
+    source_account: str
+    sequence: int
     max_time: int
+    attempt: int
 
 
 @dataclass(frozen=True)
@@ -97,15 +138,6 @@ class RecordEnvelopeInput:
     attempt: int
     envelope: BuiltEnvelope
     signed_xdr: str
-
-
-@dataclass(frozen=True)
-class SettleEnvelopeInput:
-    tx_hash: str
-    status: str  # confirmed | failed | expired
-    ledger: int | None = None
-    fee_charged: int | None = None
-    error: str | None = None
 
 
 @dataclass(frozen=True)

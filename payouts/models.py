@@ -90,6 +90,9 @@ class PayoutStatus(BaseModel):
     state: PayoutState
     attempt: int = 0
     unsigned_xdr: str | None = None
+    # Channels with an external signer: the authorization entry to sign, and its payload.
+    authorization_xdr: str | None = None
+    authorization_payload: str | None = None
     tx_hash: str | None = None
     fee_charged: int | None = None
     ledger: int | None = None

@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from sqlalchemy.engine import Engine
 from stellar_sdk import Asset, Keypair
 from stellar_sdk import xdr as x
 from stellar_sdk.soroban_server_async import SorobanServerAsync
@@ -21,6 +22,7 @@ from temporalio.api.workflowservice.v1 import DeleteWorkflowExecutionRequest
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
+from payouts import db
 from payouts.client import PayoutClient
 from payouts.envelopes import EnvelopeError, decode_payout
 from payouts.messages import PayoutOutcome
@@ -175,3 +177,12 @@ async def delete_history(client: Client, key: str) -> None:
         return None
 
     await wait_for(gone, f"the history of {key} (run {run}) to be deleted", timeout=30, every=0.1)
+
+
+async def wait_envelope_row(
+    engine: Engine, key: str, status: db.EnvelopeStatus, timeout: float = 30
+) -> db.EnvelopeRecord:
+    async def probe() -> db.EnvelopeRecord | None:
+        return next((r for r in db.envelopes_of(engine, key) if r.status == status), None)
+
+    return await wait_for(probe, f"an envelope row of {key} in status {status.value}", timeout=timeout)

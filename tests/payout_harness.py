@@ -3,14 +3,17 @@
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
+from pydantic import SecretStr
 from stellar_sdk import Keypair
 from stellar_sdk.soroban_server_async import SorobanServerAsync
 from temporalio.client import Client
@@ -74,3 +77,39 @@ async def running_worker(client: Client, settings: PayoutSettings) -> AsyncItera
         with ThreadPoolExecutor(max_workers=8) as executor:
             async with build_worker(client, settings, rpc, executor):
                 yield PayoutClient(client, settings.TEMPORAL_TASK_QUEUE)
+
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def worker_environment(settings: PayoutSettings) -> dict[str, str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    for name, value in settings.model_dump().items():
+        if value is None:
+            env.pop(name, None)
+        elif isinstance(value, SecretStr):
+            env[name] = value.get_secret_value()
+        elif isinstance(value, bool):
+            env[name] = "true" if value else "false"
+        else:
+            env[name] = str(value)
+    return env
+
+
+@contextmanager
+def worker_process(settings: PayoutSettings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """``python worker.py`` configured from the environment; killed on the way out."""
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "worker.py"],
+            cwd=REPO,
+            env=worker_environment(settings),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        yield process
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait(timeout=10)

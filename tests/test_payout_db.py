@@ -28,6 +28,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, col
 from stellar_sdk import Account, Asset, Keypair, Network, TransactionBuilder
 
+from payouts import leases  # noqa: F401  (its table is part of the schema)
 from payouts.db import (
     EnvelopeConflict,
     EnvelopeNotFound,
@@ -60,7 +61,7 @@ from payouts.monitoring import (
 )
 from tests.pg_harness import BACKENDS, empty_database_url
 
-HEAD = "0001_initial"
+HEAD = "0002_account_leases"
 DESTINATION = Keypair.random().public_key
 SOURCE = Keypair.random()
 

@@ -17,35 +17,29 @@ Waits are bounded polls, never bare sleeps.
 from __future__ import annotations
 
 import asyncio
-import os
+import json
 import signal
-import subprocess
-import sys
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
-from pydantic import SecretStr
 from sqlalchemy.engine import Engine
 from stellar_sdk import Keypair, TransactionEnvelope
 from stellar_sdk.soroban_rpc import GetTransactionStatus
 from stellar_sdk.soroban_server_async import SorobanServerAsync
-from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
 from payouts import db
 from payouts.client import PayoutClient, SignatureRejected
-from payouts.config import PayoutSettings
 from payouts.messages import PayoutOutcome
 from payouts.models import PayoutRequest, PayoutState, PayoutStatus
 from tests.devnet_harness import PASSPHRASE, DevnetAdmin, DevnetProcess
-from tests.payout_checks import latest_ledger, transfers, wait_for, wait_ledgers, xlm_balance
-from tests.payout_harness import payout_settings, running_worker
+from tests.payout_checks import latest_ledger, transfers, wait_envelope_row, wait_for, wait_ledgers, xlm_balance
+from tests.payout_harness import payout_settings, running_worker, worker_process
 from workflows.payout import PayoutWorkflow
 
 T = TypeVar("T")
@@ -91,15 +85,6 @@ async def status_in(payouts: PayoutClient, key: str, state: PayoutState) -> Payo
 async def _positive(count: Awaitable[int]) -> int | None:
     value = await count
     return value if value > 0 else None
-
-
-async def wait_envelope_row(
-    engine: Engine, key: str, status: db.EnvelopeStatus, timeout: float = 30
-) -> db.EnvelopeRecord:
-    async def probe() -> db.EnvelopeRecord | None:
-        return next((r for r in db.envelopes_of(engine, key) if r.status == status), None)
-
-    return await wait_for(probe, f"an envelope row of {key} in status {status.value}", timeout=timeout)
 
 
 # -- the ledger's and the DB's word -------------------------------------------------------
@@ -161,17 +146,13 @@ async def fault_rules(admin: DevnetAdmin) -> list[dict[str, Any]]:
     return rules
 
 
-async def completed_activities(handle: WorkflowHandle[Any, Any], activity: str) -> int:
-    """How many ``activity`` tasks have completed in the workflow's history."""
-    scheduled: set[int] = set()
-    completed = 0
-    async for event in handle.fetch_history_events():
-        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
-            if event.activity_task_scheduled_event_attributes.activity_type.name == activity:
-                scheduled.add(event.event_id)
-        elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_COMPLETED:
-            completed += event.activity_task_completed_event_attributes.scheduled_event_id in scheduled
-    return completed
+async def settle_heartbeat(handle: WorkflowHandle[Any, Any]) -> str | None:
+    """The last heartbeat of the running ``settle_envelope`` activity (a lookup's status)."""
+    description = await handle.describe()
+    for pending in description.raw_description.pending_activities:
+        if pending.activity_type.name == "settle_envelope" and pending.heartbeat_details.payloads:
+            return str(json.loads(pending.heartbeat_details.payloads[0].data))
+    return None
 
 
 async def result_within(handle: WorkflowHandle[PayoutWorkflow, PayoutOutcome], timeout: float) -> PayoutOutcome:
@@ -179,39 +160,6 @@ async def result_within(handle: WorkflowHandle[PayoutWorkflow, PayoutOutcome], t
 
 
 # -- a worker as a separate process ------------------------------------------------------
-
-
-def worker_environment(settings: PayoutSettings) -> dict[str, str]:
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    for name, value in settings.model_dump().items():
-        if value is None:
-            env.pop(name, None)
-        elif isinstance(value, SecretStr):
-            env[name] = value.get_secret_value()
-        elif isinstance(value, bool):
-            env[name] = "true" if value else "false"
-        else:
-            env[name] = str(value)
-    return env
-
-
-@contextmanager
-def worker_process(settings: PayoutSettings, log_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """``python worker.py`` configured from the environment; killed on the way out."""
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "worker.py"],
-            cwd=REPO,
-            env=worker_environment(settings),
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        yield process
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait(timeout=10)
 
 
 # -- the faults --------------------------------------------------------------------------
@@ -230,7 +178,8 @@ async def test_lost_send_responses_pay_once(
     async with running_worker(temporal_client, settings) as payouts:
         outcome = await result_within(await payouts.pay(request), 60)
     [rule] = await fault_rules(admin)
-    assert (rule["hits"], rule["remaining"]) == (2, 0), "the workflow's sends were not the ones dropped"
+    # A lookup by hash may find the envelope applied after the first lost answer already.
+    assert rule["hits"] >= 1, "the workflow's sends were not the ones dropped"
     rows = await assert_paid_once(server, db.make_engine(database_url), request, before, outcome)
     assert len(rows) == 1, "an ambiguous answer must lead to the same envelope, never a new one"
 
@@ -282,9 +231,7 @@ async def test_worker_killed_between_submit_and_confirmation_pays_once(
             )
             assert status.tx_hash == sent.tx_hash
             # Kill it only once it has looked the queued envelope up and been told NOT_FOUND.
-            await wait_for(
-                lambda: _positive(completed_activities(handle, "look_up_envelope")), "a lookup by hash", every=0.2
-            )
+            assert await wait_for(lambda: settle_heartbeat(handle), "a lookup by hash", every=0.2) == "NOT_FOUND"
             assert (await server.get_transaction(sent.tx_hash)).status == GetTransactionStatus.NOT_FOUND
             first.send_signal(signal.SIGKILL)
             assert first.wait(timeout=10) == -signal.SIGKILL
@@ -421,7 +368,6 @@ async def test_sequence_consumed_from_outside_pays_once(
     request = payout(winner.public_key, "9.75")
     key = request.idempotency_key
     before = await baseline(server, winner)
-    errors_seen: set[str] = set()
     async with running_worker(temporal_client, settings) as payouts:
         await admin.faults(ledger_stall=True)
         handle = await payouts.pay(request)
@@ -433,8 +379,6 @@ async def test_sequence_consumed_from_outside_pays_once(
 
         async def finished() -> PayoutOutcome | None:
             status = await status_of(payouts, key)
-            if status is not None and status.last_error:
-                errors_seen.add(status.last_error)
             return await handle.result() if status is not None and status.state == PayoutState.CONFIRMED else None
 
         outcome = await wait_for(finished, "the payout to confirm", timeout=90)
@@ -447,4 +391,4 @@ async def test_sequence_consumed_from_outside_pays_once(
     assert replacement.sequence == sent.sequence + 1  # after the sequence number used from outside
     # Promise 2: the replacement was built only after the first envelope's bound had passed.
     assert replacement.created_at.timestamp() > sent.max_time
-    assert any("txBAD_SEQ" in e for e in errors_seen), errors_seen
+    assert "txBAD_SEQ" in (rows[0].last_error or ""), "the dead envelope was re-sent and answered txBAD_SEQ"

@@ -4,17 +4,28 @@ The workflow ID is the caller's idempotency key. The flow:
 
     start_payout (DB record; the key's durable past)
       → settle envelopes an earlier run left unsettled
-      → attempts: build + simulate + fee check → [build-only: return BUILT]
+      → attempts: lease a source account + build + simulate + fee check
+                  → [build-only: return BUILT]
                   → sign (hot key | external signature via signal/update)
-                  → record envelope → submit / look up / resubmit the same envelope
-                    until SUCCESS, FAILED or provably dead
+                  → settle: record, send, follow and resend the same envelope
+                    until SUCCESS, FAILED or provably dead; release the lease
       → CONFIRMED | FAILED
+
+With channel accounts (:mod:`payouts.channels`) the payout account authorizes the
+transfer with a Soroban authorization entry and channels carry it: the flow asks for the
+authorization once (signed by the hot key, or by the external signer), then carries the
+same signed entry in envelopes until one applies; a new authorization is asked for only
+once the old one can provably never be used (:meth:`ChainActivities.authorization_state`).
 
 An envelope is provably dead (promise 2) only when ``getTransaction`` says NOT_FOUND
 from an RPC whose latest closed ledger closed after the envelope's ``max_time`` and whose
 retention still reaches back to the envelope's first submission. Only then is a new
 envelope built; every other answer (lost responses, TRY_AGAIN_LATER, errors) leads to a
 lookup by hash and a resubmission of the same envelope (promise 4).
+
+Short steps that send nothing (DB records, building, checking) are local activities, so
+a payout's history stays short; the step that sends is a regular activity, scheduled in
+history before it runs.
 """
 
 from __future__ import annotations
@@ -29,14 +40,17 @@ from temporalio.exceptions import ActivityError, ApplicationError
 with workflow.unsafe.imports_passed_through():
     from activities.chain import NON_RETRYABLE, ChainActivities
     from activities.records import RecordActivities
+    from activities.settlement import UNSETTLED_ENVELOPE, SettlementActivities
     from payouts.messages import (
+        AuthorizationRequest,
         BuildEnvelopeInput,
         BuiltEnvelope,
         EnvelopeLookup,
         PayoutOutcome,
         PayoutPolicy,
+        RecordedEnvelope,
         RecordEnvelopeInput,
-        SettleEnvelopeInput,
+        SettleInput,
         SignatureInput,
     )
     from payouts.models import PayoutRequest, PayoutState, PayoutStatus
@@ -53,11 +67,29 @@ CHAIN_RETRY = RetryPolicy(
     non_retryable_error_types=NON_RETRYABLE,
 )
 CHAIN_TIMEOUT = timedelta(seconds=10)
+# Building waits for a free source account (up to a few seconds per attempt, then
+# NoFreeAccount, retried in the worker), then builds: its timeout covers both.
+BUILD_TIMEOUT = timedelta(seconds=30)
+BUILD_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=100),
+    backoff_coefficient=1.5,
+    maximum_interval=timedelta(seconds=1),
+    non_retryable_error_types=NON_RETRYABLE,
+)
+SETTLE_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    maximum_interval=timedelta(seconds=5),
+    non_retryable_error_types=[UNSETTLED_ENVELOPE],
+)
+SETTLE_HEARTBEAT = timedelta(seconds=20)
+SETTLE_SLACK = timedelta(minutes=5)  # beyond the envelope's bound, to see it dead
 DB_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
 DB_TIMEOUT = timedelta(seconds=10)
 # Stop waiting for a signature this long before the envelope's bound, so that a signed
 # envelope still has time to reach a ledger.
 SIGNING_MARGIN_SECONDS = 15
+# How often a payout checks whether an authorization nobody carried has expired.
+AUTHORIZATION_CHECK_INTERVAL = timedelta(seconds=5)
 MAX_QUEUED_SIGNATURES = 10
 PAYOUT_FAILED = "PayoutFailed"
 
@@ -67,167 +99,224 @@ class PayoutWorkflow:
     def __init__(self) -> None:
         self._status = PayoutStatus(state=PayoutState.RECEIVED)
         self._signatures: list[str] = []
-        self._awaiting: BuiltEnvelope | None = None
+        self._awaiting: BuiltEnvelope | AuthorizationRequest | None = None
         self._accepted_signature: str | None = None
+        self._attempt = 0
+        self._error = "no attempt was made"
 
     # -- the flow ----------------------------------------------------------------------
 
     @workflow.run
     async def run(self, request: PayoutRequest) -> PayoutOutcome:
         key = request.idempotency_key
-        start = await workflow.execute_activity_method(
+        start = await workflow.execute_local_activity_method(
             RecordActivities.start_payout, request, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
         )
         if start.confirmed is not None:
             return await self._finish(start.confirmed)
         policy = start.policy
-        for old in start.unsettled:
-            lookup = await self._settle(old.tx_hash, old.signed_xdr, old.max_time, None, policy)
-            if lookup.status == "SUCCESS":
-                return await self._confirmed(key, old.tx_hash, lookup)
+        paid = await self._settle_recorded(key, start.unsettled, policy)
+        if paid is not None:
+            return paid
 
         # Attempts are numbered across runs (a failed payout may be started again under
         # its key); each run gets PAYOUTS_MAX_ATTEMPTS of its own.
-        attempt, last_attempt = start.attempts_used, start.attempts_used + policy.max_attempts
-        error = "no attempt was made"
-        while attempt < last_attempt:
-            attempt += 1
-            self._set_state(PayoutState.BUILDING, attempt=attempt)
+        self._attempt, last_attempt = start.attempts_used, start.attempts_used + policy.max_attempts
+        external = policy.live_execution and not policy.sign_with_hot_key
+        authorization: AuthorizationRequest | None = None
+        signed_authorization: str | None = None
+        while self._attempt < last_attempt:
+            self._attempt += 1
+            self._set_state(PayoutState.BUILDING, attempt=self._attempt)
+            build = BuildEnvelopeInput(
+                key, self._attempt, request.destination, request.stroops, request.asset, external
+            )
+            if external and policy.uses_channels and signed_authorization is None:
+                authorization = await self._local(ChainActivities.request_authorization, build)
+                signed_authorization = await self._await_signature(authorization)
+                if signed_authorization is None:
+                    self._status.last_error = "no valid signature arrived before the authorization's window closed"
+                    if await self._authorization_used(authorization):
+                        return await self._paid_elsewhere(key, authorization)
+                    self._attempt -= 1  # an unsigned window does not use an attempt
+                    continue
             try:
-                built = await workflow.execute_activity_method(
+                built = await self._local(
                     ChainActivities.build_envelope,
                     BuildEnvelopeInput(
                         key,
-                        attempt,
+                        self._attempt,
                         request.destination,
                         request.stroops,
                         request.asset,
-                        external_signing=policy.live_execution and not policy.sign_with_hot_key,
+                        external,
+                        signed_authorization,
                     ),
-                    start_to_close_timeout=CHAIN_TIMEOUT,
-                    retry_policy=CHAIN_RETRY,
+                    retry_policy=BUILD_RETRY,
+                    timeout=BUILD_TIMEOUT,
                 )
-            except ActivityError as exc:
+            except (ActivityError, ApplicationError) as exc:
                 # Fee above the cap or a failing simulation: nothing was signed or sent.
+                # (A signed authorization may exist: FAILED only once it cannot be used.)
+                if authorization is not None and await self._authorization_used(authorization):
+                    return await self._paid_elsewhere(key, authorization)
                 return await self._finish(PayoutOutcome(key, PayoutState.FAILED, error=_reason(exc)))
             if not policy.live_execution:
                 return await self._finish(PayoutOutcome(key, PayoutState.BUILT, unsigned_xdr=built.unsigned_xdr))
+            if built.authorization is not None:
+                # Signed with the hot key for this carrier: later carriers carry it too.
+                authorization, signed_authorization = built.authorization, built.authorization.signed_entry_xdr
 
-            if policy.sign_with_hot_key:
-                signed = await workflow.execute_activity_method(
-                    ChainActivities.sign_with_hot_key,
-                    built,
-                    start_to_close_timeout=CHAIN_TIMEOUT,
-                    retry_policy=CHAIN_RETRY,
-                )
-            else:
+            signed = built.signed_xdr
+            if signed is None:
                 # The envelope leaves our hands here: the signer could submit it itself,
                 # so it is recorded now and is only ever replaced once provably dead.
-                await self._record_envelope(key, attempt, built, built.unsigned_xdr)
-                maybe_signed = await self._await_signature(built)
-                if maybe_signed is None:
+                await self._local(
+                    RecordActivities.record_envelope, RecordEnvelopeInput(key, self._attempt, built, built.unsigned_xdr)
+                )
+                signed = await self._await_signature(built)
+                if signed is None:
                     self._status.last_error = "no valid signature arrived before the envelope's bound"
-                    lookup = await self._settle(built.tx_hash, None, built.max_time, built.built_at_ledger, policy)
-                    if lookup.status == "SUCCESS":
-                        return await self._confirmed(key, built.tx_hash, lookup)
-                    if lookup.status == "NOT_FOUND":
+                    lookup = await self._settle(key, self._attempt, built, None, built.built_at_ledger, policy)
+                    if lookup is None or lookup.status == "NOT_FOUND":
                         # Provably dead and never signed by us: rebuilding is safe, and an
                         # unsigned window does not use an attempt.
-                        attempt -= 1
+                        self._attempt -= 1
                         continue
-                    error = f"envelope {built.tx_hash} failed on-chain ({lookup.result_code})"
+                    if lookup.status == "SUCCESS":
+                        return await self._confirmed(key, built.tx_hash, lookup)
+                    self._error = f"envelope {built.tx_hash} failed on-chain ({lookup.result_code})"
                     continue
-                signed = maybe_signed
 
-            await self._record_envelope(key, attempt, built, signed)
-            self._set_state(PayoutState.SUBMITTED, tx_hash=built.tx_hash)
-            lookup = await self._settle(built.tx_hash, signed, built.max_time, built.built_at_ledger, policy)
+            self._set_state(PayoutState.SUBMITTED, tx_hash=built.tx_hash, upsert=True)
+            lookup = await self._settle(key, self._attempt, built, signed, built.built_at_ledger, policy)
+            if lookup is None:
+                # An older envelope of this payout was recorded but unsettled (a lost
+                # workflow task): it was settled first; this one was never sent.
+                restart = await workflow.execute_local_activity_method(
+                    RecordActivities.start_payout, request, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
+                )
+                paid = await self._settle_recorded(key, restart.unsettled, policy)
+                if paid is not None:
+                    return paid
+                self._attempt -= 1
+                continue
             if lookup.status == "SUCCESS":
                 return await self._confirmed(key, built.tx_hash, lookup)
-            error = (
+            self._error = (
                 f"envelope {built.tx_hash} failed on-chain ({lookup.result_code})"
                 if lookup.status == "FAILED"
                 else f"envelope {built.tx_hash} expired unapplied"
             )
-            self._status.last_error = error
+            self._status.last_error = self._error
+            if authorization is not None:
+                state = await self._local(ChainActivities.authorization_state, authorization)
+                if state == "used":
+                    return await self._paid_elsewhere(key, authorization)
+                if state == "expired":
+                    authorization = signed_authorization = None
+        if authorization is not None and await self._authorization_used(authorization):
+            return await self._paid_elsewhere(key, authorization)
         return await self._finish(
-            PayoutOutcome(key, PayoutState.FAILED, error=f"{policy.max_attempts} attempts used; last: {error}")
+            PayoutOutcome(key, PayoutState.FAILED, error=f"{policy.max_attempts} attempts used; last: {self._error}")
         )
 
-    async def _record_envelope(self, key: str, attempt: int, built: BuiltEnvelope, xdr: str) -> None:
-        await workflow.execute_activity_method(
-            RecordActivities.record_envelope,
-            RecordEnvelopeInput(key, attempt, built, xdr),
-            start_to_close_timeout=DB_TIMEOUT,
-            retry_policy=DB_RETRY,
+    async def _local(
+        self,
+        activity: Any,
+        arg: Any,
+        *,
+        retry_policy: RetryPolicy = CHAIN_RETRY,
+        timeout: timedelta = CHAIN_TIMEOUT,
+    ) -> Any:
+        return await workflow.execute_local_activity_method(
+            activity, arg, start_to_close_timeout=timeout, retry_policy=retry_policy
         )
+
+    async def _settle_recorded(
+        self, key: str, unsettled: list[RecordedEnvelope], policy: PayoutPolicy
+    ) -> PayoutOutcome | None:
+        """Settle envelopes an earlier run (or a lost workflow task) recorded; the outcome
+        if one of them paid."""
+        for old in unsettled:
+            built = BuiltEnvelope(
+                unsigned_xdr=old.signed_xdr,
+                tx_hash=old.tx_hash,
+                source_account=old.source_account,
+                sequence=old.sequence,
+                max_time=old.max_time,
+                fee=0,
+                resource_fee=0,
+                built_at_ledger=0,
+            )
+            lookup = await self._settle(key, old.attempt, built, old.signed_xdr, None, policy)
+            if lookup is not None and lookup.status == "SUCCESS":
+                return await self._confirmed(key, old.tx_hash, lookup)
+        return None
 
     async def _settle(
-        self, tx_hash: str, signed_xdr: str | None, max_time: int, since_ledger: int | None, policy: PayoutPolicy
-    ) -> EnvelopeLookup:
-        """Submit, look up and resubmit the same envelope until it is applied (SUCCESS or
-        FAILED) or provably dead (NOT_FOUND, returned as such); records the settlement.
+        self,
+        key: str,
+        attempt: int,
+        built: BuiltEnvelope,
+        signed_xdr: str | None,
+        since_ledger: int | None,
+        policy: PayoutPolicy,
+    ) -> EnvelopeLookup | None:
+        """Send (unless ``signed_xdr`` is None) and follow the envelope until it is settled;
+        None if it was not sent because an older envelope of the payout is unsettled."""
+        remaining = max(0, built.max_time - int(workflow.now().timestamp()))
+        try:
+            lookup: EnvelopeLookup = await workflow.execute_activity_method(
+                SettlementActivities.settle_envelope,
+                SettleInput(
+                    key, attempt, built, signed_xdr, since_ledger, policy.confirm_poll_ms, policy.confirm_max_polls
+                ),
+                start_to_close_timeout=timedelta(seconds=remaining) + SETTLE_SLACK,
+                heartbeat_timeout=SETTLE_HEARTBEAT,
+                retry_policy=SETTLE_RETRY,
+            )
+        except ActivityError as exc:
+            if isinstance(exc.cause, ApplicationError) and exc.cause.type == UNSETTLED_ENVELOPE:
+                return None
+            raise
+        return lookup
 
-        With ``signed_xdr`` None (a signer never answered) it only looks the envelope up.
-        ``since_ledger`` is a ledger the envelope cannot predate (its build, else its first
-        send): NOT_FOUND counts only from an RPC whose retention still reaches it.
-        """
-        submitted = False
+    async def _authorization_used(self, authorization: AuthorizationRequest) -> bool:
+        """Wait until the authorization is used or expired; True if a transaction used it."""
         while True:
-            polls = policy.confirm_max_polls
-            if signed_xdr is not None:
-                sent = await workflow.execute_activity_method(
-                    ChainActivities.submit_envelope,
-                    signed_xdr,
-                    start_to_close_timeout=CHAIN_TIMEOUT,
-                    retry_policy=CHAIN_RETRY,
-                )
-                if since_ledger is None:
-                    since_ledger = sent.latest_ledger
-                if not submitted:
-                    submitted = True
-                    await workflow.execute_activity_method(
-                        RecordActivities.mark_submitted,
-                        tx_hash,
-                        start_to_close_timeout=DB_TIMEOUT,
-                        retry_policy=DB_RETRY,
-                    )
-                if sent.status not in ("PENDING", "DUPLICATE"):
-                    self._status.last_error = f"sendTransaction answered {sent.status} {sent.error_code or ''}".strip()
-                    # Ambiguous (it may already be in a ledger): look it up once, then resend.
-                    polls = 1
-            for _ in range(polls):
-                await workflow.sleep(timedelta(milliseconds=policy.confirm_poll_ms))
-                lookup = await workflow.execute_activity_method(
-                    ChainActivities.look_up_envelope,
-                    tx_hash,
-                    start_to_close_timeout=CHAIN_TIMEOUT,
-                    retry_policy=CHAIN_RETRY,
-                )
-                if since_ledger is None:
-                    since_ledger = lookup.latest_ledger
-                if lookup.status in ("SUCCESS", "FAILED") or (
-                    lookup.latest_close_time > max_time and lookup.oldest_ledger <= since_ledger
-                ):
-                    await workflow.execute_activity_method(
-                        RecordActivities.settle_envelope,
-                        SettleEnvelopeInput(
-                            tx_hash,
-                            {"SUCCESS": "confirmed", "FAILED": "failed"}.get(lookup.status, "expired"),
-                            ledger=lookup.ledger,
-                            fee_charged=lookup.fee_charged,
-                            error=lookup.result_code if lookup.status == "FAILED" else None,
-                        ),
-                        start_to_close_timeout=DB_TIMEOUT,
-                        retry_policy=DB_RETRY,
-                    )
-                    return lookup
+            state = await self._local(ChainActivities.authorization_state, authorization)
+            if state != "live":
+                return bool(state == "used")
+            await workflow.sleep(AUTHORIZATION_CHECK_INTERVAL)
 
-    async def _await_signature(self, built: BuiltEnvelope) -> str | None:
-        """The first valid external signature, or None once the envelope's bound is near."""
-        self._awaiting, self._accepted_signature = built, None
-        self._set_state(PayoutState.AWAITING_SIGNATURE, unsigned_xdr=built.unsigned_xdr, tx_hash=built.tx_hash)
-        deadline = built.max_time - SIGNING_MARGIN_SECONDS
+    async def _paid_elsewhere(self, key: str, authorization: AuthorizationRequest) -> PayoutOutcome:
+        return await self._finish(
+            PayoutOutcome(
+                key,
+                PayoutState.CONFIRMED,
+                error=f"paid by a transaction this engine did not send, carrying its authorization "
+                f"(nonce {authorization.nonce})",
+            )
+        )
+
+    async def _await_signature(self, awaited: BuiltEnvelope | AuthorizationRequest) -> str | None:
+        """The first valid external signature, or None once the envelope's bound (or the
+        authorization's window) is near."""
+        self._awaiting, self._accepted_signature = awaited, None
+        if isinstance(awaited, AuthorizationRequest):
+            self._set_state(
+                PayoutState.AWAITING_SIGNATURE,
+                authorization_xdr=awaited.entry_xdr,
+                authorization_payload=awaited.payload_hex,
+                upsert=True,
+            )
+            deadline = awaited.expires_at - SIGNING_MARGIN_SECONDS
+        else:
+            self._set_state(
+                PayoutState.AWAITING_SIGNATURE, unsigned_xdr=awaited.unsigned_xdr, tx_hash=awaited.tx_hash, upsert=True
+            )
+            deadline = awaited.max_time - SIGNING_MARGIN_SECONDS
         try:
             while self._accepted_signature is None:
                 remaining = deadline - workflow.now().timestamp()
@@ -242,21 +331,22 @@ class PayoutWorkflow:
                     return None
                 if self._accepted_signature is None and self._signatures:
                     candidate = self._signatures.pop(0)
-                    reason = await self._check_signature(built, candidate)
+                    reason = await self._check_signature(awaited, candidate)
                     if reason is None:
                         self._accepted_signature = candidate
             return self._accepted_signature
         finally:
             self._awaiting = None
             self._status.unsigned_xdr = None
+            self._status.authorization_xdr = self._status.authorization_payload = None
 
-    async def _check_signature(self, built: BuiltEnvelope, signed_xdr: str) -> str | None:
-        reason = await workflow.execute_activity_method(
-            ChainActivities.check_signature,
-            SignatureInput(built.tx_hash, signed_xdr),
-            start_to_close_timeout=CHAIN_TIMEOUT,
-            retry_policy=CHAIN_RETRY,
+    async def _check_signature(self, awaited: BuiltEnvelope | AuthorizationRequest, signed_xdr: str) -> str | None:
+        check = (
+            SignatureInput("", signed_xdr, authorization=awaited.entry_xdr)
+            if isinstance(awaited, AuthorizationRequest)
+            else SignatureInput(awaited.tx_hash, signed_xdr)
         )
+        reason: str | None = await self._local(ChainActivities.check_signature, check)
         if reason is not None:
             self._status.last_error = f"signature rejected: {reason}"
         return reason
@@ -269,7 +359,7 @@ class PayoutWorkflow:
         )
 
     async def _finish(self, outcome: PayoutOutcome) -> PayoutOutcome:
-        await workflow.execute_activity_method(
+        await workflow.execute_local_activity_method(
             RecordActivities.finish_payout, outcome, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
         )
         self._set_state(
@@ -279,6 +369,7 @@ class PayoutWorkflow:
             fee_charged=outcome.fee_charged,
             unsigned_xdr=outcome.unsigned_xdr,
             last_error=outcome.error,
+            upsert=True,
         )
         if outcome.state == PayoutState.FAILED:
             # A failed workflow (not a completed one) is what lets ALLOW_DUPLICATE_FAILED_ONLY
@@ -286,11 +377,14 @@ class PayoutWorkflow:
             raise ApplicationError(outcome.error or "payout failed", type=PAYOUT_FAILED, non_retryable=True)
         return outcome
 
-    def _set_state(self, state: PayoutState, **fields: Any) -> None:
+    def _set_state(self, state: PayoutState, *, upsert: bool = False, **fields: Any) -> None:
+        """Update the status query; ``upsert`` also the ``PayoutStatus`` search attribute
+        (only for states operators search for: each upsert is a history event)."""
         self._status = self._status.model_copy(
             update={"state": state, **{k: v for k, v in fields.items() if v is not None}}
         )
-        workflow.upsert_search_attributes([PAYOUT_STATUS.value_set(state.value)])
+        if upsert:
+            workflow.upsert_search_attributes([PAYOUT_STATUS.value_set(state.value)])
 
     # -- queries, signals, updates -------------------------------------------------------
 
@@ -335,6 +429,7 @@ class PayoutWorkflow:
             raise ValueError(f"the payout is not awaiting a signature (state {self._status.state.value})")
 
 
-def _reason(error: ActivityError) -> str:
-    cause = error.cause
+def _reason(error: ActivityError | ApplicationError) -> str:
+    """The message of an activity's failure (a local activity's arrives unwrapped)."""
+    cause = error.cause if isinstance(error, ActivityError) else error
     return cause.message if isinstance(cause, ApplicationError) else str(error)

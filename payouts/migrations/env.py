@@ -14,6 +14,7 @@ from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
+from payouts import leases  # noqa: F401  (registers account_leases in the metadata)
 from payouts.db import UTCDateTime, make_engine
 
 config = context.config

@@ -1,0 +1,232 @@
+"""The activity that takes an envelope from "built" to "settled": record it, send it,
+and follow it by hash, resending the same envelope, until it is applied or provably dead.
+
+One activity, heartbeating while it polls, instead of a workflow loop of submit/lookup
+activities and timers: the payout's history stays short (a handful of events per
+envelope) and confirmations are seen within one poll interval. It is safe to repeat: a
+retry (worker crash, heartbeat timeout) records the same hash again, resends the same
+envelope and looks it up, which is all a resend of an applied envelope can do.
+
+The rules it keeps (shared/DESIGN.md §4):
+
+- promise 3: the envelope is recorded in the DB (and its lease bound to it) before the
+  first send; a payout never has two unsettled envelopes (:class:`UnsettledEnvelope`);
+- promise 4: ``TRY_AGAIN_LATER``, errors and lost responses are not failures: the
+  envelope is looked up, then sent again;
+- promise 2: NOT_FOUND settles the envelope as dead only from an RPC whose latest ledger
+  closed after the envelope's ``max_time`` and whose retention still reaches back to
+  ``since_ledger`` (a ledger the envelope cannot predate);
+- promise 5: the lease on the envelope's source account is released only once the
+  envelope is settled.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+
+from sqlalchemy.engine import Engine
+from stellar_sdk import xdr as x
+from stellar_sdk.exceptions import ConnectionError as SdkConnectionError
+from stellar_sdk.exceptions import SorobanRpcErrorResponse
+from stellar_sdk.soroban_rpc import GetTransactionStatus
+from stellar_sdk.soroban_server_async import SorobanServerAsync
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from payouts import db, leases
+from payouts.messages import EnvelopeLookup, SettleInput
+
+log = logging.getLogger("payouts.activities.settlement")
+
+UNSETTLED_ENVELOPE = "UnsettledEnvelope"  # non-retryable: settle the recorded one first
+# A lookup by hash can only change once a ledger closes, so a poll is skipped while no new
+# ledger has closed; at least every this many polls it looks anyway (belt and braces).
+MAX_SKIPPED_POLLS = 8
+LEDGER_WATCH_INTERVAL_SECONDS = 0.1
+LEDGER_WATCH_IDLE_SECONDS = 5.0
+
+
+class LedgerWatch:
+    """The latest closed ledger, polled once for the whole process (``getLatestLedger``
+    every 100 ms while anybody asks) instead of one ``getTransaction`` per payout per
+    poll. Stops polling when nobody has asked for a while."""
+
+    def __init__(self, rpc: SorobanServerAsync) -> None:
+        self.rpc = rpc
+        self.latest = 0
+        self._last_asked = 0.0
+        self._task: asyncio.Task[None] | None = None
+
+    def latest_ledger(self) -> int:
+        self._last_asked = time.monotonic()
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._poll())
+        return self.latest
+
+    async def _poll(self) -> None:
+        while time.monotonic() - self._last_asked < LEDGER_WATCH_IDLE_SECONDS:
+            try:
+                self.latest = max(self.latest, (await self.rpc.get_latest_ledger()).sequence)
+            except (SdkConnectionError, SorobanRpcErrorResponse) as exc:
+                log.debug("getLatestLedger failed: %s", type(exc).__name__)
+            except RuntimeError:
+                return  # the RPC client was closed: the worker is shutting down
+            await asyncio.sleep(LEDGER_WATCH_INTERVAL_SECONDS)
+
+
+def is_provably_dead(lookup: EnvelopeLookup, max_time: int, since_ledger: int) -> bool:
+    """Promise 2: NOT_FOUND from an RPC past the envelope's bound that still remembers
+    every ledger the envelope could be in."""
+    return lookup.status == "NOT_FOUND" and lookup.latest_close_time > max_time and lookup.oldest_ledger <= since_ledger
+
+
+class SettlementActivities:
+    def __init__(self, rpc: SorobanServerAsync, engine: Engine, on_release: Callable[[], None] = lambda: None) -> None:
+        self.rpc = rpc
+        self.engine = engine
+        self.on_release = on_release
+        self.ledgers = LedgerWatch(rpc)
+
+    @activity.defn
+    async def settle_envelope(self, request: SettleInput) -> EnvelopeLookup:
+        built = request.envelope
+        key, signed_xdr = request.idempotency_key, request.signed_xdr
+        sent_before = False
+        if signed_xdr is not None:
+            signed_xdr, sent_before = await self._record_before_send(request, signed_xdr)
+        since_ledger = request.since_ledger
+        sent_once = sent_before
+        # Sent before (a retry, or an earlier run): look it up first; resending an applied
+        # envelope only earns TRY_AGAIN_LATER or txBAD_SEQ.
+        look_first = sent_before
+        looked_at, skipped = 0, 0
+        while True:
+            polls = request.confirm_max_polls
+            if look_first:
+                polls, look_first = 1, False
+            elif signed_xdr is not None:
+                status, latest = await self._send(built.tx_hash, signed_xdr)
+                since_ledger = since_ledger if since_ledger is not None else latest
+                if not sent_once:
+                    sent_once = True
+                    await asyncio.to_thread(db.mark_submitted, self.engine, built.tx_hash)
+                if status not in ("PENDING", "DUPLICATE"):
+                    # Ambiguous (it may already be in a ledger): look it up once, then resend.
+                    polls = 1
+            for _ in range(polls):
+                await asyncio.sleep(request.confirm_poll_ms / 1000)
+                if looked_at and self.ledgers.latest_ledger() <= looked_at and skipped < MAX_SKIPPED_POLLS:
+                    skipped += 1
+                    continue
+                skipped = 0
+                lookup = await self._look_up(built.tx_hash)
+                if lookup is None:
+                    continue
+                looked_at = lookup.latest_ledger
+                activity.heartbeat(lookup.status)
+                since_ledger = since_ledger if since_ledger is not None else lookup.latest_ledger
+                if lookup.status in ("SUCCESS", "FAILED") or is_provably_dead(lookup, built.max_time, since_ledger):
+                    if await asyncio.to_thread(self._settle, key, built.tx_hash, built.source_account, lookup):
+                        self.on_release()
+                    return lookup
+
+    async def _record_before_send(self, request: SettleInput, signed_xdr: str) -> tuple[str | None, bool]:
+        """Record the envelope and bind its lease. Returns the XDR to send (None when it
+        must not be sent again) and whether it was sent before."""
+        built = request.envelope
+        key = request.idempotency_key
+        recorded = await asyncio.to_thread(db.envelope, self.engine, built.tx_hash)
+        sent_before = recorded is not None and recorded.status != db.EnvelopeStatus.QUEUED
+        if recorded is not None and recorded.status not in (db.EnvelopeStatus.QUEUED, db.EnvelopeStatus.SUBMITTED):
+            return None, True  # a retry after it was settled: look it up to report it again
+        try:
+            await asyncio.to_thread(leases.bind, self.engine, built.source_account, key, built.tx_hash, built.max_time)
+        except leases.LeaseLost:
+            # Only after the envelope's bound (plus a margin): too late to send it, and
+            # another payout may own the account's next sequence number. Look it up only.
+            log.warning("payout %s lost its lease on %s; envelope %s is only looked up", key, built.source_account,
+                        built.tx_hash)  # fmt: skip
+            return None, sent_before
+        others = await asyncio.to_thread(db.envelopes_of, self.engine, key)
+        unsettled = [
+            e.tx_hash
+            for e in others
+            if e.tx_hash != built.tx_hash and e.status in (db.EnvelopeStatus.QUEUED, db.EnvelopeStatus.SUBMITTED)
+        ]
+        if unsettled:
+            raise ApplicationError(
+                f"payout {key} has an unsettled envelope {unsettled[0]}; it is settled before a new one is sent",
+                type=UNSETTLED_ENVELOPE,
+                non_retryable=True,
+            )
+        await asyncio.to_thread(
+            db.record_envelope,
+            self.engine,
+            key,
+            request.attempt,
+            built.tx_hash,
+            signed_xdr,
+            built.source_account,
+            built.sequence,
+            built.max_time,
+        )
+        return signed_xdr, sent_before
+
+    async def _send(self, tx_hash: str, signed_xdr: str) -> tuple[str, int | None]:
+        """sendTransaction's status; a lost answer counts as ambiguous (``LOST``). Abnormal
+        answers are noted on the envelope's row for operators."""
+        try:
+            sent = await self.rpc.send_transaction(signed_xdr)
+        except SdkConnectionError as exc:
+            status, latest, answer = "LOST", None, f"sendTransaction: no answer ({type(exc).__name__})"
+        else:
+            status, latest = sent.status.value, sent.latest_ledger
+            code = x.TransactionResult.from_xdr(sent.error_result_xdr).result.code.name if sent.error_result_xdr else ""
+            answer = f"sendTransaction answered {status} {code}".strip()
+        if status not in ("PENDING", "DUPLICATE"):
+            activity.heartbeat(answer)
+            await asyncio.to_thread(db.note_envelope_error, self.engine, tx_hash, answer)
+        return status, latest
+
+    async def _look_up(self, tx_hash: str) -> EnvelopeLookup | None:
+        try:
+            found = await self.rpc.get_transaction(tx_hash)
+        except SdkConnectionError:
+            return None
+        lookup = EnvelopeLookup(
+            status=found.status.value,
+            latest_ledger=found.latest_ledger,
+            latest_close_time=found.latest_ledger_close_time,
+            oldest_ledger=found.oldest_ledger,
+        )
+        if found.status == GetTransactionStatus.NOT_FOUND:
+            return lookup
+        result = x.TransactionResult.from_xdr(found.result_xdr or "")
+        return EnvelopeLookup(
+            status=lookup.status,
+            latest_ledger=lookup.latest_ledger,
+            latest_close_time=lookup.latest_close_time,
+            oldest_ledger=lookup.oldest_ledger,
+            ledger=found.ledger,
+            fee_charged=result.fee_charged.int64,
+            result_code=result.result.code.name,
+        )
+
+    def _settle(self, key: str, tx_hash: str, account: str, lookup: EnvelopeLookup) -> bool:
+        """Record the settlement and release the lease; True if this call released it."""
+        status = {"SUCCESS": "confirmed", "FAILED": "failed"}.get(lookup.status, "expired")
+        try:
+            db.mark_envelope(
+                self.engine,
+                tx_hash,
+                status,
+                ledger=lookup.ledger,
+                fee_charged=lookup.fee_charged,
+                error=lookup.result_code if lookup.status == "FAILED" else None,
+            )
+        except db.EnvelopeNotFound:
+            pass  # never recorded: an unsigned envelope a signer never answered for
+        return leases.release(self.engine, account, key)

@@ -1,0 +1,207 @@
+"""Soroban authorization entries: how the payout account authorizes a transfer that a
+channel account carries.
+
+When the transaction's source is a channel, simulation returns an authorization entry
+with *address credentials* for the payout account: a nonce, and the root invocation
+(``transfer(payer, to, amount)`` on the asset's contract, or the payout contract's
+method). The payout account signs
+
+    payload = SHA-256( HashIdPreimage ENVELOPE_TYPE_SOROBAN_AUTHORIZATION {
+                           network_id = SHA-256(network passphrase),
+                           nonce, signature_expiration_ledger, invocation } )
+
+with ed25519, and the signature goes into the entry as the account contract's
+``Vec<Map{public_key: Bytes(32), signature: Bytes(64)}>`` (sorted by public key; the
+signers' weights must reach the account's medium threshold). The nonce makes the
+authorization usable once: whatever transaction carries it, the transfer happens at
+most once, and not at all after ``signature_expiration_ledger``.
+
+An external signer (HSM/KMS) gets the unsigned entry (base64 ``SorobanAuthorizationEntry``
+with the expiration ledger already set) and the payload above, and answers with the same
+entry, signature filled in (``stellar_sdk.auth.authorize_entry`` does exactly that);
+:func:`check_signed_authorization` holds it to promise 8.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from nacl.exceptions import BadSignatureError
+from nacl.signing import VerifyKey
+from stellar_sdk import Address, Keypair, Network, StrKey, TransactionEnvelope
+from stellar_sdk import xdr as x
+from stellar_sdk.auth import authorize_entry
+from stellar_sdk.operation import InvokeHostFunction
+
+from payouts.envelopes import EnvelopeError
+
+
+def _operation(envelope: TransactionEnvelope) -> InvokeHostFunction:
+    ops = envelope.transaction.operations
+    if len(ops) != 1 or not isinstance(ops[0], InvokeHostFunction):
+        raise EnvelopeError("a payout transaction has exactly one InvokeHostFunction operation")
+    return ops[0]
+
+
+def _address_credentials(entry: x.SorobanAuthorizationEntry) -> x.SorobanAddressCredentials | None:
+    creds = entry.credentials
+    return creds.address if creds.address is not None else creds.address_v2
+
+
+def _address_of(entry: x.SorobanAuthorizationEntry) -> str | None:
+    creds = _address_credentials(entry)
+    if creds is None or creds.address.account_id is None:
+        return None
+    key = creds.address.account_id.account_id.ed25519
+    return None if key is None else StrKey.encode_ed25519_public_key(key.uint256)
+
+
+def unsigned_authorization(
+    envelope: TransactionEnvelope, payer: str, nonce: int, valid_until_ledger: int
+) -> x.SorobanAuthorizationEntry:
+    """The authorization entry ``payer`` signs for the envelope's contract call, built
+    directly (no simulation needed): the call is the whole invocation tree, since neither
+    a SAC ``transfer`` nor the payout contract's method asks anyone else's authorization."""
+    function = _operation(envelope).host_function.invoke_contract
+    if function is None:
+        raise EnvelopeError("a payout transaction invokes a contract function")
+    return x.SorobanAuthorizationEntry(
+        credentials=x.SorobanCredentials(
+            x.SorobanCredentialsType.SOROBAN_CREDENTIALS_ADDRESS,
+            address=x.SorobanAddressCredentials(
+                address=Address(payer).to_xdr_sc_address(),
+                nonce=x.Int64(nonce),
+                signature_expiration_ledger=x.Uint32(valid_until_ledger),
+                signature=x.SCVal(x.SCValType.SCV_VOID),
+            ),
+        ),
+        root_invocation=x.SorobanAuthorizedInvocation(
+            function=x.SorobanAuthorizedFunction(
+                x.SorobanAuthorizedFunctionType.SOROBAN_AUTHORIZED_FUNCTION_TYPE_CONTRACT_FN,
+                contract_fn=function,
+            ),
+            sub_invocations=[],
+        ),
+    )
+
+
+def authorization_payload(entry: x.SorobanAuthorizationEntry, network_passphrase: str) -> bytes:
+    """The 32 bytes the payout account's key signs for ``entry`` (see the module docstring)."""
+    creds = _address_credentials(entry)
+    if creds is None:
+        raise EnvelopeError("the authorization entry has no address credentials")
+    network_id = Network(network_passphrase).network_id()
+    if entry.credentials.type == x.SorobanCredentialsType.SOROBAN_CREDENTIALS_ADDRESS:
+        preimage = x.HashIDPreimage(
+            x.EnvelopeType.ENVELOPE_TYPE_SOROBAN_AUTHORIZATION,
+            soroban_authorization=x.HashIDPreimageSorobanAuthorization(
+                network_id=x.Hash(network_id),
+                nonce=creds.nonce,
+                signature_expiration_ledger=creds.signature_expiration_ledger,
+                invocation=entry.root_invocation,
+            ),
+        )
+    else:
+        preimage = x.HashIDPreimage(
+            x.EnvelopeType.ENVELOPE_TYPE_SOROBAN_AUTHORIZATION_WITH_ADDRESS,
+            soroban_authorization_with_address=x.HashIDPreimageSorobanAuthorizationWithAddress(
+                network_id=x.Hash(network_id),
+                nonce=creds.nonce,
+                signature_expiration_ledger=creds.signature_expiration_ledger,
+                address=creds.address,
+                invocation=entry.root_invocation,
+            ),
+        )
+    return hashlib.sha256(preimage.to_xdr_bytes()).digest()
+
+
+def sign_entry(
+    entry: x.SorobanAuthorizationEntry, signer: Keypair, valid_until_ledger: int, network_passphrase: str
+) -> x.SorobanAuthorizationEntry:
+    return authorize_entry(entry, signer, valid_until_ledger, network_passphrase)
+
+
+def with_authorization(
+    envelope: TransactionEnvelope, payer: str, signed: x.SorobanAuthorizationEntry
+) -> TransactionEnvelope:
+    """A copy of ``envelope`` (without signatures) carrying ``signed`` as ``payer``'s
+    authorization entry, in place of the one it had, if any."""
+    copy = TransactionEnvelope.from_xdr(envelope.to_xdr(), envelope.network_passphrase)
+    copy.signatures = []
+    operation = _operation(copy)
+    operation.auth = [e for e in operation.auth if _address_of(e) != payer] + [signed]
+    return copy
+
+
+def check_signed_authorization(
+    signed_entry_xdr: str,
+    expected: x.SorobanAuthorizationEntry,
+    network_passphrase: str,
+    signer_weights: dict[str, int],
+    threshold: int,
+) -> x.SorobanAuthorizationEntry:
+    """Promise 8 for an authorization entry: the signed entry must be ``expected`` (same
+    address, nonce, expiration ledger and invocation) with signatures by the payer's
+    signers, valid under the configured network, whose weights reach ``threshold``.
+    Returns the entry; raises :class:`EnvelopeError` with the reason otherwise."""
+    try:
+        signed = x.SorobanAuthorizationEntry.from_xdr(signed_entry_xdr)
+    except Exception:  # the XDR library raises assorted errors on bad or truncated input
+        raise EnvelopeError("not a base64 SorobanAuthorizationEntry XDR") from None
+    got, want = _address_credentials(signed), _address_credentials(expected)
+    assert want is not None
+    if (
+        got is None
+        or signed.credentials.type != expected.credentials.type
+        or got.address.to_xdr_bytes() != want.address.to_xdr_bytes()
+        or got.nonce != want.nonce
+        or got.signature_expiration_ledger != want.signature_expiration_ledger
+        or signed.root_invocation.to_xdr_bytes() != expected.root_invocation.to_xdr_bytes()
+    ):
+        raise EnvelopeError("the signed authorization is not the entry that was handed out (entry differs)")
+    payload = authorization_payload(signed, network_passphrase)
+    weight = 0
+    for public_key, signature in _signature_pairs(got.signature):
+        signer = StrKey.encode_ed25519_public_key(public_key)
+        if signer_weights.get(signer, 0) <= 0:
+            raise EnvelopeError(f"{signer} is not a signer of the payout account")
+        try:
+            VerifyKey(public_key).verify(payload, signature)
+        except (BadSignatureError, ValueError):
+            raise EnvelopeError(
+                f"the signature by {signer} does not verify for this authorization under the configured "
+                f"network ({network_passphrase!r})"
+            ) from None
+        weight += signer_weights[signer]
+    if weight < max(threshold, 1):
+        raise EnvelopeError(f"signature weight {weight} is below the payout account's threshold {threshold}")
+    return signed
+
+
+def _signature_pairs(value: x.SCVal) -> list[tuple[bytes, bytes]]:
+    """``Vec<Map{public_key, signature}>`` as (public key, signature) pairs, strictly
+    ascending by key, as the account contract requires."""
+    malformed = EnvelopeError(
+        "the authorization's signature must be Vec<Map{public_key: Bytes(32), signature: Bytes(64)}>"
+    )
+    if value.type == x.SCValType.SCV_VOID:
+        raise EnvelopeError("the authorization carries no signature")
+    if value.type != x.SCValType.SCV_VEC or value.vec is None or not value.vec.sc_vec:
+        raise malformed
+    pairs: list[tuple[bytes, bytes]] = []
+    for item in value.vec.sc_vec:
+        if item.type != x.SCValType.SCV_MAP or item.map is None:
+            raise malformed
+        fields = {
+            e.key.sym.sc_symbol: e.val for e in item.map.sc_map if e.key.sym is not None and e.val.bytes is not None
+        }
+        public_key, signature = fields.get(b"public_key"), fields.get(b"signature")
+        if public_key is None or signature is None or public_key.bytes is None or signature.bytes is None:
+            raise malformed
+        key_bytes, signature_bytes = public_key.bytes.sc_bytes, signature.bytes.sc_bytes
+        if len(key_bytes) != 32 or len(signature_bytes) != 64:
+            raise malformed
+        if pairs and key_bytes <= pairs[-1][0]:
+            raise EnvelopeError("the authorization's signatures must be sorted by public key, without duplicates")
+        pairs.append((key_bytes, signature_bytes))
+    return pairs
