@@ -38,6 +38,7 @@ from temporalio.exceptions import ApplicationError
 
 from payouts import db, leases
 from payouts.messages import EnvelopeLookup, SettleInput
+from payouts.models import PayoutState
 
 log = logging.getLogger("payouts.activities.settlement")
 
@@ -46,6 +47,9 @@ UNSETTLED_ENVELOPE = "UnsettledEnvelope"  # non-retryable: settle the recorded o
 # ledger has closed; at least every this many polls it looks anyway (belt and braces).
 MAX_SKIPPED_POLLS = 8
 LEDGER_WATCH_INTERVAL_SECONDS = 0.1
+# Most envelopes settle within a ledger or two: heartbeats (a server write each) start only
+# after this long, well inside the heartbeat timeout the workflow sets.
+QUIET_SECONDS = 5.0
 LEDGER_WATCH_IDLE_SECONDS = 5.0
 
 
@@ -103,6 +107,7 @@ class SettlementActivities:
         # envelope only earns TRY_AGAIN_LATER or txBAD_SEQ.
         look_first = sent_before
         looked_at, skipped = 0, 0
+        began = time.monotonic()
         while True:
             polls = request.confirm_max_polls
             if look_first:
@@ -126,7 +131,8 @@ class SettlementActivities:
                 if lookup is None:
                     continue
                 looked_at = lookup.latest_ledger
-                activity.heartbeat(lookup.status)
+                if time.monotonic() - began > QUIET_SECONDS:
+                    activity.heartbeat(lookup.status)
                 since_ledger = since_ledger if since_ledger is not None else lookup.latest_ledger
                 if lookup.status in ("SUCCESS", "FAILED") or is_provably_dead(lookup, built.max_time, since_ledger):
                     if await asyncio.to_thread(self._settle, key, built.tx_hash, built.source_account, lookup):
@@ -216,7 +222,8 @@ class SettlementActivities:
         )
 
     def _settle(self, key: str, tx_hash: str, account: str, lookup: EnvelopeLookup) -> bool:
-        """Record the settlement and release the lease; True if this call released it."""
+        """Record the settlement (and a paid payout) and release the lease; True if this
+        call released it."""
         status = {"SUCCESS": "confirmed", "FAILED": "failed"}.get(lookup.status, "expired")
         try:
             db.mark_envelope(
@@ -229,4 +236,14 @@ class SettlementActivities:
             )
         except db.EnvelopeNotFound:
             pass  # never recorded: an unsigned envelope a signer never answered for
+        if lookup.status == "SUCCESS":
+            # The payout is paid the moment its envelope is: recorded here, not a step later.
+            db.set_payout_state(
+                self.engine,
+                key,
+                PayoutState.CONFIRMED,
+                tx_hash=tx_hash,
+                ledger=lookup.ledger,
+                fee_charged=lookup.fee_charged,
+            )
         return leases.release(self.engine, account, key)

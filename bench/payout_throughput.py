@@ -202,6 +202,7 @@ async def _run_engine(
     cpu_before = _cpu_seconds(worker_pid)
     origin = time.monotonic()
     limit = asyncio.Semaphore(64)  # start calls in flight
+    waiting = asyncio.Semaphore(400)  # result long polls in flight (payouts mostly confirm in start order)
 
     async def one(index: int) -> None:
         nonlocal failures
@@ -217,7 +218,8 @@ async def _run_engine(
             ledger = (await rpc.get_latest_ledger()).sequence
             started[index] = (time.monotonic(), ledger)
             handle = await payouts.pay(request)
-        outcome = await handle.result()
+        async with waiting:  # the dev server caps concurrent long polls per namespace
+            outcome = await handle.result()
         if outcome.state != PayoutState.CONFIRMED or outcome.ledger is None:
             failures += 1
             return

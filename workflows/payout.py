@@ -352,16 +352,19 @@ class PayoutWorkflow:
         return reason
 
     async def _confirmed(self, key: str, tx_hash: str, lookup: EnvelopeLookup) -> PayoutOutcome:
+        """Paid: ``settle_envelope`` recorded it with the envelope and freed the lease."""
         return await self._finish(
             PayoutOutcome(
                 key, PayoutState.CONFIRMED, tx_hash=tx_hash, ledger=lookup.ledger, fee_charged=lookup.fee_charged
-            )
+            ),
+            recorded=True,
         )
 
-    async def _finish(self, outcome: PayoutOutcome) -> PayoutOutcome:
-        await workflow.execute_local_activity_method(
-            RecordActivities.finish_payout, outcome, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
-        )
+    async def _finish(self, outcome: PayoutOutcome, *, recorded: bool = False) -> PayoutOutcome:
+        if not recorded:
+            await workflow.execute_local_activity_method(
+                RecordActivities.finish_payout, outcome, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
+            )
         self._set_state(
             PayoutState(outcome.state),
             tx_hash=outcome.tx_hash,
