@@ -1,6 +1,6 @@
-"""``python starter.py pay|status|submit-signed|sign …``: start and follow payouts."""
+"""``python starter.py pay|status|submit-signed|sign|channels …``: start and follow payouts, manage channels."""
 
-from payouts.cli import main
+from payouts.cli import console
 
 if __name__ == "__main__":
-    main()
+    console()

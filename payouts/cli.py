@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import dataclasses
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -336,3 +337,19 @@ def main(argv: list[str] | None = None) -> None:
         print(f"error: Temporal answered {exc.status.name}: {exc.message}", file=sys.stderr)
         code = 1
     sys.exit(code)
+
+
+def console() -> None:
+    """Entry point of ``starter.py`` and ``payouts-starter``: :func:`main`, then leave
+    without interpreter finalization. The Temporal client's core threads can still call
+    into Python while the interpreter finalizes and abort it (``PyGILState_Release``,
+    exit 134) after the command's work and output are complete; the exit code must say
+    how the command went, not how the runtime tore down."""
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        code = done.code if isinstance(done.code, int) else 1
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

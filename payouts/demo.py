@@ -8,7 +8,9 @@ operating mode, each a separate process configured only by environment variables
 - hot key (``PAYOUTS_SIGN_WITH_HOT_KEY=true``): signs and pays;
 - external signing: waits; the demo reads the unsigned XDR with ``starter.py status``,
   signs it with ``starter.py sign`` (playing the HSM, secret from a file) and hands it
-  back with ``starter.py submit-signed``.
+  back with ``starter.py submit-signed``;
+- channels: ``starter.py channels ensure`` creates 4 channel accounts, and 8 payouts
+  started at once are carried by them, signed with the hot key.
 
 Payouts are started with the starter CLI, as an operator would. ``--keep-running`` keeps
 everything up afterwards so the payouts can be inspected in the Web UI.
@@ -102,6 +104,47 @@ async def _fund(url: str, *keypairs: Keypair) -> None:
                     raise RuntimeError(f"friendbot: {await response.text()}")
 
         await asyncio.gather(*(fund(k) for k in keypairs))
+
+
+def _pay_through_channels(group: Processes, common: dict[str, str], source: Keypair, run: str) -> int:
+    """Channels: the pool CLI creates 4 channel accounts, then 8 payouts started at once
+    are carried by them (hot key authorizing each transfer). Returns the failures."""
+    env = {
+        **common,
+        "TEMPORAL_TASK_QUEUE": "payouts-channels",
+        "PAYOUTS_LIVE_EXECUTION": "true",
+        "PAYOUTS_SIGN_WITH_HOT_KEY": "true",
+        "PAYOUT_HOT_SIGNER_SECRET": source.secret,
+        "PAYOUTS_CHANNEL_COUNT": "4",
+        "PAYOUTS_CHANNEL_SECRET": Keypair.random().secret,
+    }
+    code, out, err = starter(env, "channels", "ensure", "--balance", "25")
+    print(f"\n[channels] starter.py channels ensure --balance 25 → exit {code}\n{out.strip() or err.strip()}")
+    if code != 0:
+        return 1
+    group.start("worker-channels", [sys.executable, "worker.py"], env=env)
+    winners = [Keypair.random() for _ in range(8)]
+    asyncio.run(_fund(env["SOROBAN_RPC_URL"], *winners))
+
+    def pay(index: int, winner: Keypair) -> subprocess.Popen[str]:
+        args = ["pay", "--payout-id", f"channel-{index}", "--destination", winner.public_key, "--amount", "3"]
+        return subprocess.Popen(
+            [sys.executable, "starter.py", *args, "--key", f"demo:{run}:channels:{index}", "--wait"],
+            cwd=ROOT,
+            env={**os.environ, **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    pays = [pay(i, w) for i, w in enumerate(winners)]
+    outcomes = [json.loads(p.communicate()[0] or "{}") for p in pays]
+    ledgers = sorted(o.get("ledger") or 0 for o in outcomes)
+    confirmed = sum(o.get("state") == "CONFIRMED" for o in outcomes)
+    print(f"[channels] 8 payouts started at once → {confirmed} CONFIRMED, in ledgers {ledgers}")
+    code, out, err = starter(env, "channels", "list")
+    print(f"[channels] starter.py channels list → exit {code}\n{out.strip() or err.strip()}")
+    return int(confirmed != len(winners))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -238,6 +281,7 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(0.5)
         print(f"[external] final status:\n{json.dumps(status, indent=2)}")
         failures += status.get("state") != "CONFIRMED"
+        failures += _pay_through_channels(group, common, source, run)
 
         print(
             f"\nTemporal Web UI: http://127.0.0.1:{ui_port}/namespaces/default/workflows?query=PayoutStatus%3D%22CONFIRMED%22"
