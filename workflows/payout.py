@@ -273,7 +273,7 @@ class PayoutWorkflow:
                     key, attempt, built, signed_xdr, since_ledger, policy.confirm_poll_ms, policy.confirm_max_polls
                 ),
                 start_to_close_timeout=timedelta(seconds=remaining) + SETTLE_SLACK,
-                heartbeat_timeout=SETTLE_HEARTBEAT,
+                heartbeat_timeout=max(SETTLE_HEARTBEAT, 3 * timedelta(milliseconds=policy.confirm_poll_ms)),
                 retry_policy=SETTLE_RETRY,
             )
         except ActivityError as exc:
