@@ -41,7 +41,6 @@ import os
 import pstats
 import secrets
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -64,6 +63,7 @@ from payouts import db
 from payouts.authorization import sign_entry, unsigned_authorization, with_authorization
 from payouts.channels import channel_keypair
 from payouts.client import PayoutClient
+from payouts.demo import free_port, wait_for_port
 from payouts.envelopes import build_payout_transaction
 from payouts.models import PayoutRequest, PayoutState
 
@@ -120,24 +120,6 @@ class Run:
 
 
 # -- processes ---------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str) -> None:
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise RuntimeError(f"{what} exited during start-up")
-        with socket.socket() as sock:
-            if sock.connect_ex(("127.0.0.1", port)) == 0:
-                return
-        time.sleep(0.1)
-    raise RuntimeError(f"{what} did not listen on port {port}")
 
 
 @contextmanager
@@ -307,7 +289,7 @@ async def _pay_directly(
 
 async def _scenario(scenario: Scenario, work: Path, database: str, profile: Path | None) -> tuple[Run, Run]:
     python = sys.executable
-    rpc_port, temporal_port = _free_port(), _free_port()
+    rpc_port, temporal_port = free_port(), free_port()
     rpc_url = f"http://127.0.0.1:{rpc_port}"
     logs = work / scenario.name
     logs.mkdir(parents=True, exist_ok=True)
@@ -319,8 +301,8 @@ async def _scenario(scenario: Scenario, work: Path, database: str, profile: Path
         "--search-attribute", "PayoutAsset=Keyword",
     ]  # fmt: skip
     with _process(devnet_args, logs / "devnet.log") as devnet, _process(temporal_args, logs / "temporal.log") as tsrv:
-        _wait_for_port(rpc_port, devnet, "devnet")
-        _wait_for_port(temporal_port, tsrv, "the Temporal dev server")
+        wait_for_port(rpc_port, devnet, "devnet")
+        wait_for_port(temporal_port, tsrv, "the Temporal dev server")
         payer, channel_secret = Keypair.random(), Keypair.random().secret
         channels = [channel_keypair(channel_secret, i) for i in range(scenario.channels)]
         destinations = [Keypair.random().public_key for _ in range(DESTINATIONS)]

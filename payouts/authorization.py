@@ -24,13 +24,11 @@ entry, signature filled in (``stellar_sdk.auth.authorize_entry`` does exactly th
 
 from __future__ import annotations
 
-import hashlib
-
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
-from stellar_sdk import Address, Keypair, Network, StrKey, TransactionEnvelope
+from stellar_sdk import Address, Keypair, StrKey, TransactionEnvelope
 from stellar_sdk import xdr as x
-from stellar_sdk.auth import authorize_entry
+from stellar_sdk.auth import authorization_payload_hash, authorize_entry, build_authorization_preimage
 from stellar_sdk.operation import InvokeHostFunction
 
 from payouts.envelopes import EnvelopeError
@@ -90,29 +88,8 @@ def authorization_payload(entry: x.SorobanAuthorizationEntry, network_passphrase
     creds = _address_credentials(entry)
     if creds is None:
         raise EnvelopeError("the authorization entry has no address credentials")
-    network_id = Network(network_passphrase).network_id()
-    if entry.credentials.type == x.SorobanCredentialsType.SOROBAN_CREDENTIALS_ADDRESS:
-        preimage = x.HashIDPreimage(
-            x.EnvelopeType.ENVELOPE_TYPE_SOROBAN_AUTHORIZATION,
-            soroban_authorization=x.HashIDPreimageSorobanAuthorization(
-                network_id=x.Hash(network_id),
-                nonce=creds.nonce,
-                signature_expiration_ledger=creds.signature_expiration_ledger,
-                invocation=entry.root_invocation,
-            ),
-        )
-    else:
-        preimage = x.HashIDPreimage(
-            x.EnvelopeType.ENVELOPE_TYPE_SOROBAN_AUTHORIZATION_WITH_ADDRESS,
-            soroban_authorization_with_address=x.HashIDPreimageSorobanAuthorizationWithAddress(
-                network_id=x.Hash(network_id),
-                nonce=creds.nonce,
-                signature_expiration_ledger=creds.signature_expiration_ledger,
-                address=creds.address,
-                invocation=entry.root_invocation,
-            ),
-        )
-    return hashlib.sha256(preimage.to_xdr_bytes()).digest()
+    expiration = creds.signature_expiration_ledger.uint32
+    return authorization_payload_hash(build_authorization_preimage(entry, expiration, network_passphrase))
 
 
 def sign_entry(

