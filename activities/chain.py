@@ -198,17 +198,11 @@ class ChainActivities:
         # Bid what recent ledgers charged (p90), so a fee surge does not strand the
         # envelope in the queue; the cap below still bounds the total.
         stats = await self._recent_fee_stats()
-        envelope = build_payout_transaction(
+        envelope = self._payout_transaction(
+            request,
             Account(account, state.sequence),
-            settings.STELLAR_NETWORK_PASSPHRASE,
-            request.destination,
-            request.stroops,
-            int(time.time()) + validity,
-            asset=resolve_asset(request.asset, settings.PAYOUT_USDC_ISSUER),
-            contract_id=settings.PAYOUT_CONTRACT_ID,
-            method=settings.PAYOUT_METHOD_NAME,
-            base_fee=max(BASE_INCLUSION_FEE, stats.soroban_inclusion_fee.p90),
-            payer=payer,
+            validity,
+            max(BASE_INCLUSION_FEE, stats.soroban_inclusion_fee.p90),
         )
         authorization = None
         if channel:
@@ -256,17 +250,8 @@ class ChainActivities:
         signed. Nothing is leased: a channel is leased only to carry a signed authorization."""
         settings = self.settings
         window = settings.PAYOUTS_SIGNATURE_WINDOW_SECONDS
-        envelope = build_payout_transaction(
-            Account(self.keys.pool.accounts[0], 0),  # the carrier does not matter to the entry
-            settings.STELLAR_NETWORK_PASSPHRASE,
-            request.destination,
-            request.stroops,
-            int(time.time()) + window,
-            asset=resolve_asset(request.asset, settings.PAYOUT_USDC_ISSUER),
-            contract_id=settings.PAYOUT_CONTRACT_ID,
-            method=settings.PAYOUT_METHOD_NAME,
-            payer=settings.PAYOUT_SOURCE_ACCOUNT,
-        )
+        # The carrier does not matter to the entry: any channel, any sequence.
+        envelope = self._payout_transaction(request, Account(self.keys.pool.accounts[0], 0), window)
         latest = (await self.rpc.get_latest_ledger()).sequence
         return self._authorization(envelope, latest, window, sign=False)
 
@@ -310,6 +295,24 @@ class ChainActivities:
         if found.entries:
             return "used"
         return "expired" if found.latest_ledger > authorization.valid_until_ledger else "live"
+
+    def _payout_transaction(
+        self, request: BuildEnvelopeInput, source: Account, validity: int, base_fee: int = BASE_INCLUSION_FEE
+    ) -> TransactionEnvelope:
+        """The unsimulated payout call from ``source``, valid ``validity`` seconds from now."""
+        settings = self.settings
+        return build_payout_transaction(
+            source,
+            settings.STELLAR_NETWORK_PASSPHRASE,
+            request.destination,
+            request.stroops,
+            int(time.time()) + validity,
+            asset=resolve_asset(request.asset, settings.PAYOUT_USDC_ISSUER),
+            contract_id=settings.PAYOUT_CONTRACT_ID,
+            method=settings.PAYOUT_METHOD_NAME,
+            base_fee=base_fee,
+            payer=settings.PAYOUT_SOURCE_ACCOUNT,
+        )
 
     async def _simulate(self, envelope: TransactionEnvelope) -> TransactionEnvelope:
         try:

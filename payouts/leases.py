@@ -156,18 +156,18 @@ def release_all(engine: Engine, holder: str) -> None:
 
 
 def take_out_of_rotation(engine: Engine, account: str, note: str) -> None:
-    with transaction(engine, write=True) as session:
-        row = session.get(AccountLeaseRow, account, with_for_update=True)
-        if row is not None:
-            row.in_rotation, row.note, row.updated_at = False, note, _now()
-            session.add(row)
+    _set_rotation(engine, account, False, note)
 
 
 def put_in_rotation(engine: Engine, account: str) -> None:
+    _set_rotation(engine, account, True, None)
+
+
+def _set_rotation(engine: Engine, account: str, in_rotation: bool, note: str | None) -> None:
     with transaction(engine, write=True) as session:
         row = session.get(AccountLeaseRow, account, with_for_update=True)
         if row is not None:
-            row.in_rotation, row.note, row.updated_at = True, None, _now()
+            row.in_rotation, row.note, row.updated_at = in_rotation, note, _now()
             session.add(row)
 
 
