@@ -1,0 +1,135 @@
+"""The chaos audit (bench/chaos/audit.py) on made-up facts: each kind of violation it must
+catch, it catches, and a clean run passes. The real run is tests/test_chaos.py."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from stellar_sdk import Keypair
+
+from bench.chaos.audit import AppliedTx, DbFact, PlannedPayout, TemporalFact, check, planned_stroops
+from payouts import db
+from payouts.models import PayoutState
+
+PAYER, CHANNEL, WINNER = (Keypair.random().public_key for _ in range(3))
+FEE = 100_000
+
+
+def planned(index: int, mode: str = "hot") -> PlannedPayout:
+    return PlannedPayout(index, f"k:{index}", mode, f"chaos-{mode}", PAYER, WINNER, planned_stroops(index))
+
+
+def applied(p: PlannedPayout, tx_hash: str, *, successful: bool = True, stroops: int | None = None) -> AppliedTx:
+    return AppliedTx(tx_hash, 10, successful, CHANNEL, FEE, (PAYER, WINNER, stroops or p.stroops))
+
+
+def envelope(p: PlannedPayout, tx_hash: str, status: db.EnvelopeStatus) -> db.EnvelopeRecord:
+    now = datetime.now(UTC)
+    return db.EnvelopeRecord(1, p.key, 1, tx_hash, "AAAA", CHANNEL, 7, 0, status, FEE, 10, None, now, now, None)
+
+
+def moves(*paid: PlannedPayout, fees: int = 1) -> dict[str, int]:
+    total = sum(p.stroops for p in paid)
+    return {PAYER: -total, WINNER: total, CHANNEL: -fees * FEE}
+
+
+CONFIRMED = PayoutState.CONFIRMED
+
+
+def test_a_clean_run_passes_and_counts_outcomes() -> None:
+    paid, failed, waiting, built = planned(0), planned(1), planned(2, "external-channels"), planned(3, "build-only")
+    report = check(
+        [paid, failed, waiting, built],
+        [applied(paid, "a"), applied(failed, "b", successful=False)],
+        {
+            paid.key: TemporalFact("COMPLETED", CONFIRMED, "a"),
+            failed.key: TemporalFact("FAILED", PayoutState.FAILED, error="fee 3 exceeds PAYOUTS_MAX_GAS_STROOPS=2"),
+            waiting.key: TemporalFact("RUNNING", PayoutState.AWAITING_SIGNATURE),
+            built.key: TemporalFact("COMPLETED", PayoutState.BUILT),
+        },
+        {
+            paid.key: DbFact(CONFIRMED, "a", None, (envelope(paid, "a", db.EnvelopeStatus.CONFIRMED),)),
+            failed.key: DbFact(PayoutState.FAILED, None, "fee"),
+            waiting.key: DbFact(PayoutState.RECEIVED, None, None),
+            built.key: DbFact(PayoutState.BUILT, None, None),
+        },
+        moves(paid, fees=2),
+    )
+    assert report.violations == []
+    assert report.outcomes == {"confirmed": 1, "failed": 1, "awaiting signature": 1, "built": 1}
+    assert report.failure_reasons == {"fee above cap": 1}
+
+
+def test_two_payments_for_one_key_are_a_duplicate_shown_with_both_ledger_entries() -> None:
+    p = planned(0)
+    report = check(
+        [p],
+        [applied(p, "a"), applied(p, "b")],
+        {p.key: TemporalFact("COMPLETED", CONFIRMED, "a")},
+        {p.key: DbFact(CONFIRMED, "a", None, (envelope(p, "a", db.EnvelopeStatus.CONFIRMED),))},
+        {PAYER: -2 * p.stroops, WINNER: 2 * p.stroops, CHANNEL: -2 * FEE},
+    )
+    [duplicate] = [v for v in report.violations if v.kind == "duplicate"]
+    text = duplicate.render()
+    assert p.key in text and "tx a" in text and "tx b" in text and "envelope a" in text
+    assert report.count("balance") == 2  # the payer and the winner moved twice the amount
+
+
+def test_confirmed_without_a_payment_is_lost() -> None:
+    p = planned(0)
+    report = check([p], [], {p.key: TemporalFact("COMPLETED", CONFIRMED, "a")}, {p.key: DbFact(CONFIRMED, "a", None)},
+                   moves())  # fmt: skip
+    assert [v.kind for v in report.violations if v.key == p.key] == ["lost"]
+
+
+def test_a_payout_still_in_flight_is_lost() -> None:
+    p = planned(0)
+    report = check([p], [], {p.key: TemporalFact("RUNNING", PayoutState.SUBMITTED)}, {}, moves(fees=0))
+    assert [v.kind for v in report.violations] == ["lost"]
+
+
+def test_failed_but_paid_is_a_disagreement() -> None:
+    p = planned(0)
+    report = check(
+        [p],
+        [applied(p, "a")],
+        {p.key: TemporalFact("FAILED", PayoutState.FAILED, error="5 attempts used")},
+        {p.key: DbFact(PayoutState.FAILED, None, "5 attempts used")},
+        moves(p),
+    )
+    assert "disagreement" in [v.kind for v in report.violations]
+
+
+def test_db_naming_another_hash_is_a_disagreement() -> None:
+    p = planned(0)
+    report = check([p], [applied(p, "a")], {p.key: TemporalFact("COMPLETED", CONFIRMED, "a")},
+                   {p.key: DbFact(CONFIRMED, "b", None)}, moves(p))  # fmt: skip
+    assert [v.kind for v in report.violations] == ["disagreement"]
+
+
+def test_failed_without_reason_or_db_record_is_a_disagreement() -> None:
+    a, b = planned(0), planned(1)
+    report = check(
+        [a, b],
+        [],
+        {a.key: TemporalFact("FAILED", PayoutState.FAILED, error=""), b.key: TemporalFact("FAILED", error="x")},
+        {a.key: DbFact(PayoutState.FAILED, None, None), b.key: DbFact(PayoutState.SUBMITTED, None, None)},
+        moves(fees=0),
+    )
+    assert sorted(v.key for v in report.violations if v.kind == "disagreement") == [a.key, b.key]
+
+
+def test_a_payment_no_key_asked_for_is_reported() -> None:
+    p = planned(0)
+    conflicting = applied(p, "c", stroops=planned_stroops(0, conflicting=True))
+    report = check([p], [conflicting], {p.key: TemporalFact("FAILED", error="x")},
+                   {p.key: DbFact(PayoutState.FAILED, None, "x")}, moves(fees=1))  # fmt: skip
+    assert "unknown payment" in [v.kind for v in report.violations]
+
+
+def test_balances_must_move_by_confirmed_amounts_and_fees() -> None:
+    p = planned(0)
+    facts = ({p.key: TemporalFact("COMPLETED", CONFIRMED, "a")}, {p.key: DbFact(CONFIRMED, "a", None)})
+    assert check([p], [applied(p, "a")], *facts, moves(p)).violations == []
+    skewed = {**moves(p), CHANNEL: -FEE - 1}
+    assert [v.key for v in check([p], [applied(p, "a")], *facts, skewed).violations] == [CHANNEL]
