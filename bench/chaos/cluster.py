@@ -53,8 +53,8 @@ MODES = (
     Mode("hot-channels", live=True, hot_key=True, channels=4, weight=0.3),
     # Without channels an external payout holds the payout account while the signer
     # thinks: that mode pays one payout per signer round trip.
-    Mode("external", live=True, hot_key=False, channels=0, weight=0.1),
-    Mode("external-channels", live=True, hot_key=False, channels=4, weight=0.3),
+    Mode("external", live=True, hot_key=False, channels=0, weight=0.06),
+    Mode("external-channels", live=True, hot_key=False, channels=4, weight=0.34),
     Mode("build-only", live=False, hot_key=False, channels=0, weight=0.1),
 )
 
