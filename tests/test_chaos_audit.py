@@ -13,6 +13,7 @@ from payouts.models import PayoutState
 
 PAYER, CHANNEL, WINNER = (Keypair.random().public_key for _ in range(3))
 FEE = 100_000
+CONFIRMED = PayoutState.CONFIRMED
 
 
 def planned(index: int, mode: str = "hot") -> PlannedPayout:
@@ -28,12 +29,13 @@ def envelope(p: PlannedPayout, tx_hash: str, status: db.EnvelopeStatus) -> db.En
     return db.EnvelopeRecord(1, p.key, 1, tx_hash, "AAAA", CHANNEL, 7, 0, status, FEE, 10, None, now, now, None)
 
 
+def paid_row(p: PlannedPayout, tx_hash: str) -> DbFact:
+    return DbFact(CONFIRMED, tx_hash, None, (envelope(p, tx_hash, db.EnvelopeStatus.CONFIRMED),))
+
+
 def moves(*paid: PlannedPayout, fees: int = 1) -> dict[str, int]:
     total = sum(p.stroops for p in paid)
     return {PAYER: -total, WINNER: total, CHANNEL: -fees * FEE}
-
-
-CONFIRMED = PayoutState.CONFIRMED
 
 
 def test_a_clean_run_passes_and_counts_outcomes() -> None:
@@ -48,8 +50,8 @@ def test_a_clean_run_passes_and_counts_outcomes() -> None:
             built.key: TemporalFact("COMPLETED", PayoutState.BUILT),
         },
         {
-            paid.key: DbFact(CONFIRMED, "a", None, (envelope(paid, "a", db.EnvelopeStatus.CONFIRMED),)),
-            failed.key: DbFact(PayoutState.FAILED, None, "fee"),
+            paid.key: paid_row(paid, "a"),
+            failed.key: DbFact(PayoutState.FAILED, None, "fee", (envelope(failed, "b", db.EnvelopeStatus.FAILED),)),
             waiting.key: DbFact(PayoutState.RECEIVED, None, None),
             built.key: DbFact(PayoutState.BUILT, None, None),
         },
@@ -66,13 +68,14 @@ def test_two_payments_for_one_key_are_a_duplicate_shown_with_both_ledger_entries
         [p],
         [applied(p, "a"), applied(p, "b")],
         {p.key: TemporalFact("COMPLETED", CONFIRMED, "a")},
-        {p.key: DbFact(CONFIRMED, "a", None, (envelope(p, "a", db.EnvelopeStatus.CONFIRMED),))},
+        {p.key: paid_row(p, "a")},
         {PAYER: -2 * p.stroops, WINNER: 2 * p.stroops, CHANNEL: -2 * FEE},
     )
     [duplicate] = [v for v in report.violations if v.kind == "duplicate"]
     text = duplicate.render()
     assert p.key in text and "tx a" in text and "tx b" in text and "envelope a" in text
     assert report.count("balance") == 2  # the payer and the winner moved twice the amount
+    assert report.count("disagreement") == 1  # b was never recorded
 
 
 def test_confirmed_without_a_payment_is_lost() -> None:
@@ -94,7 +97,7 @@ def test_failed_but_paid_is_a_disagreement() -> None:
         [p],
         [applied(p, "a")],
         {p.key: TemporalFact("FAILED", PayoutState.FAILED, error="5 attempts used")},
-        {p.key: DbFact(PayoutState.FAILED, None, "5 attempts used")},
+        {p.key: DbFact(PayoutState.FAILED, None, "5 attempts used", (envelope(p, "a", db.EnvelopeStatus.EXPIRED),))},
         moves(p),
     )
     assert "disagreement" in [v.kind for v in report.violations]
@@ -102,8 +105,9 @@ def test_failed_but_paid_is_a_disagreement() -> None:
 
 def test_db_naming_another_hash_is_a_disagreement() -> None:
     p = planned(0)
+    row = envelope(p, "a", db.EnvelopeStatus.CONFIRMED)
     report = check([p], [applied(p, "a")], {p.key: TemporalFact("COMPLETED", CONFIRMED, "a")},
-                   {p.key: DbFact(CONFIRMED, "b", None)}, moves(p))  # fmt: skip
+                   {p.key: DbFact(CONFIRMED, "b", None, (row,))}, moves(p))  # fmt: skip
     assert [v.kind for v in report.violations] == ["disagreement"]
 
 
@@ -129,7 +133,33 @@ def test_a_payment_no_key_asked_for_is_reported() -> None:
 
 def test_balances_must_move_by_confirmed_amounts_and_fees() -> None:
     p = planned(0)
-    facts = ({p.key: TemporalFact("COMPLETED", CONFIRMED, "a")}, {p.key: DbFact(CONFIRMED, "a", None)})
+    facts = ({p.key: TemporalFact("COMPLETED", CONFIRMED, "a")}, {p.key: paid_row(p, "a")})
     assert check([p], [applied(p, "a")], *facts, moves(p)).violations == []
     skewed = {**moves(p), CHANNEL: -FEE - 1}
     assert [v.key for v in check([p], [applied(p, "a")], *facts, skewed).violations] == [CHANNEL]
+
+
+def test_envelope_rows_must_match_the_ledger() -> None:
+    p = planned(0)
+    rows = (
+        envelope(p, "dead-but-applied", db.EnvelopeStatus.EXPIRED),
+        envelope(p, "paid", db.EnvelopeStatus.CONFIRMED),
+        envelope(p, "never-sent", db.EnvelopeStatus.SUBMITTED),
+    )
+    report = check(
+        [p],
+        [
+            applied(p, "dead-but-applied", successful=False),
+            applied(p, "paid"),
+            applied(p, "unrecorded", successful=False),
+        ],
+        {p.key: TemporalFact("COMPLETED", CONFIRMED, "paid")},
+        {p.key: DbFact(CONFIRMED, "paid", None, rows)},
+        moves(p, fees=3),
+    )
+    details = sorted(v.detail for v in report.violations)
+    assert details == [
+        "envelope dead-but-applied was declared dead, yet ledger 10 applied it",
+        "envelope never-sent is still submitted after its payout ended",
+        "ledger 10 applied unrecorded, which the DB never recorded",
+    ]

@@ -17,10 +17,13 @@ Then, per idempotency key, exactly one of these must hold:
 - no applied payment and a live run waiting for a signature (the signer never answered);
 - no applied payment and BUILT (build-only mode);
 
-and across the run: no applied payment that no key asked for, and each account's balance
-moved by exactly the confirmed amounts (as Temporal reports them) plus the fees the
-ledger charged it. Anything else is a violation, printed with the key, its envelopes and
-the ledger entries involved.
+and each of the key's envelope rows is settled as the ledger says (``confirmed`` and
+``failed`` ones applied so, ``expired`` ones never applied, none left ``queued`` or
+``submitted`` once the payout ended), and every transaction the ledger applied for the key
+was recorded in the DB (promise 3); and across the run: no applied payment that no key
+asked for, and each account's balance moved by exactly the confirmed amounts (as
+Temporal reports them) plus the fees the ledger charged it. Anything else is a violation,
+printed with the key, its envelopes and the ledger entries involved.
 
 :func:`check` is a pure function of what was read, so the audit itself is tested on
 made-up facts (``tests/test_chaos_audit.py``).
@@ -170,6 +173,7 @@ def check(
             payments[owner.key].append(tx)
             report.applied_payments += 1
 
+    ledger_by_hash = {tx.tx_hash: tx for tx in ledger}
     expected_moves: Counter[str] = Counter()
     for tx in ledger:
         expected_moves[tx.source] -= tx.fee_charged
@@ -181,6 +185,8 @@ def check(
         def violation(kind: str, detail: str, p: PlannedPayout = p, d: DbFact = d) -> None:
             report.violations.append(Violation(kind, p.key, detail, d.envelopes, tuple(attempts.get(p.key, []))))
 
+        for reason in _envelope_disagreements(d.envelopes, attempts.get(p.key, []), ledger_by_hash, t):
+            violation("disagreement", reason)
         if t.state == PayoutState.CONFIRMED:
             expected_moves[p.payer] -= p.stroops
             expected_moves[p.destination] += p.stroops
@@ -221,6 +227,33 @@ def check(
             report.violations.append(Violation("balance", account, f"moved {moved} stroops, expected {expected} "
                                                "(confirmed payouts and fees)"))  # fmt: skip
     return report
+
+
+def _envelope_disagreements(
+    envelopes: tuple[db.EnvelopeRecord, ...],
+    on_chain_for_key: list[AppliedTx],
+    ledger_by_hash: dict[str, AppliedTx],
+    temporal: TemporalFact,
+) -> list[str]:
+    """Each envelope row against the ledger: settled as the ledger says, and every applied
+    transaction of the key recorded before it was sent (promise 3)."""
+    found = []
+    recorded = {e.tx_hash for e in envelopes}
+    for tx in on_chain_for_key:
+        if tx.tx_hash not in recorded:
+            found.append(f"ledger {tx.ledger} applied {tx.tx_hash}, which the DB never recorded")
+    for e in envelopes:
+        on_chain = ledger_by_hash.get(e.tx_hash)
+        status = e.status
+        if status == db.EnvelopeStatus.CONFIRMED and (on_chain is None or not on_chain.successful):
+            found.append(f"envelope {e.tx_hash} is confirmed in the DB, not in the ledger")
+        elif status == db.EnvelopeStatus.FAILED and (on_chain is None or on_chain.successful):
+            found.append(f"envelope {e.tx_hash} is failed in the DB, not in the ledger")
+        elif status == db.EnvelopeStatus.EXPIRED and on_chain is not None:
+            found.append(f"envelope {e.tx_hash} was declared dead, yet ledger {on_chain.ledger} applied it")
+        elif status in (db.EnvelopeStatus.QUEUED, db.EnvelopeStatus.SUBMITTED) and temporal.status != "RUNNING":
+            found.append(f"envelope {e.tx_hash} is still {status.value} after its payout ended")
+    return found
 
 
 # -- reading the three sources --------------------------------------------------------------

@@ -72,6 +72,8 @@ class FaultInjector:
                 await getattr(self, f"_{kind}")()
             except (aiohttp.ClientError, RuntimeError, TimeoutError) as exc:
                 log.warning("fault %s could not be injected: %s", kind, exc)
+                if kind not in self.injected:
+                    first.append(kind)  # every kind still gets its turn
                 continue
             self.injected[kind] += 1
             log.info("injected %s", kind)

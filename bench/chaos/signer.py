@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from stellar_sdk import Keypair, Network, TransactionEnvelope
 from stellar_sdk import xdr as x
 from stellar_sdk.auth import authorize_entry
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError
 
 from bench.chaos.cluster import PASSPHRASE, ModeAccounts
@@ -154,7 +154,7 @@ class ExternalSigner:
                 # sent twice; the payout's next request gets its own answer.
                 log.debug("%s: %s", key, exc)
                 return
-            except RPCError as exc:
+            except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError) as exc:
                 log.debug("%s: %s", key, exc)
                 await asyncio.sleep(1)
 
@@ -168,7 +168,7 @@ class ExternalSigner:
             except SignatureRejected:
                 self.stats.rejected += 1
                 return
-            except RPCError:
+            except (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError):
                 await asyncio.sleep(1)
                 continue
             self.stats.accepted_wrong.append(key)
