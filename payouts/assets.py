@@ -6,7 +6,10 @@ import re
 
 from stellar_sdk import Asset, StrKey
 
-_CODE = re.compile(r"^[A-Za-z0-9]{1,12}$")
+from payouts.amounts import shown
+
+# ASCII class and fullmatch: with re.match, "$" would let a trailing newline through.
+_CODE = re.compile(r"[A-Za-z0-9]{1,12}")
 
 
 class AssetError(ValueError):
@@ -19,13 +22,13 @@ def validate_asset(text: str) -> str:
         return text
     code, sep, issuer = text.partition(":")
     if not sep:
-        raise AssetError(f"asset {text!r} must be XLM, USDC or CODE:ISSUER")
-    if not _CODE.match(code):
-        raise AssetError(f"asset code {code!r} must be 1-12 letters or digits")
+        raise AssetError(f"asset {shown(text)} must be XLM, USDC or CODE:ISSUER")
+    if not _CODE.fullmatch(code):
+        raise AssetError(f"asset code {shown(code)} must be 1-12 letters or digits")
     if code.upper() == "XLM":
         raise AssetError("asset XLM:… is not allowed: the native asset is plain XLM")
     if not StrKey.is_valid_ed25519_public_key(issuer):
-        raise AssetError(f"asset issuer {issuer!r} must be a G… account ID")
+        raise AssetError(f"asset issuer {shown(issuer)} must be a G… account ID")
     return text
 
 

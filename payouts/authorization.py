@@ -31,7 +31,7 @@ from stellar_sdk import xdr as x
 from stellar_sdk.auth import authorization_payload_hash, authorize_entry, build_authorization_preimage
 from stellar_sdk.operation import InvokeHostFunction
 
-from payouts.envelopes import EnvelopeError
+from payouts.envelopes import EnvelopeError, decode_xdr, require_canonical, signed_xdr_size_problem
 
 
 def _operation(envelope: TransactionEnvelope) -> InvokeHostFunction:
@@ -118,13 +118,19 @@ def check_signed_authorization(
     threshold: int,
 ) -> x.SorobanAuthorizationEntry:
     """Promise 8 for an authorization entry: the signed entry must be ``expected`` (same
-    address, nonce, expiration ledger and invocation) with signatures by the payer's
-    signers, valid under the configured network, whose weights reach ``threshold``.
-    Returns the entry; raises :class:`EnvelopeError` with the reason otherwise."""
-    try:
-        signed = x.SorobanAuthorizationEntry.from_xdr(signed_entry_xdr)
-    except Exception:  # the XDR library raises assorted errors on bad or truncated input
-        raise EnvelopeError("not a base64 SorobanAuthorizationEntry XDR") from None
+    address, nonce, expiration ledger and invocation), in canonical base64, with
+    signatures by the payer's signers, valid under the configured network, whose weights
+    reach ``threshold``. Returns the entry; raises :class:`EnvelopeError` with the reason
+    otherwise."""
+    problem = signed_xdr_size_problem(signed_entry_xdr)
+    if problem is not None:
+        raise EnvelopeError(problem)
+    signed = decode_xdr(x.SorobanAuthorizationEntry, signed_entry_xdr)
+    if signed is None:
+        raise EnvelopeError("not a base64 SorobanAuthorizationEntry XDR")
+    # The entry goes into envelopes as decoded, but a lenient decode must not make junk
+    # count as a signature: the signer's output is taken only in its exact form.
+    require_canonical(signed_entry_xdr, signed.to_xdr())
     got, want = _address_credentials(signed), _address_credentials(expected)
     assert want is not None
     if (

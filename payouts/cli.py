@@ -9,9 +9,14 @@ listings) and prints the signed XDR.
 they read their configuration from the environment like the worker, and talk to the
 Stellar RPC and the app DB only (not to Temporal).
 
-Exit codes: 0 done, 1 the payout failed, a signature was rejected, or the chain or the
-lease table refused a pool operation, 2 bad input or configuration (the message names the
-flag or variable and the rule; nothing was sent).
+Exit codes: 0 done, 1 the payout failed, a signature was rejected, the chain or the
+lease table refused a pool operation, or a service (Temporal at ``TEMPORAL_ADDRESS``, the
+Stellar RPC, the DB) could not be reached or failed, 2 bad input or configuration (the
+message names the flag or variable and the rule; nothing was sent).
+
+Every input is checked before a connection is opened (a signed XDR too: its size, that it
+is a transaction envelope or authorization entry, in canonical base64). Nothing printed
+for bad input shows a secret seed (promise 6): anything shaped like one is replaced.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from pydantic import ValidationError
 from sqlalchemy.exc import SQLAlchemyError
@@ -35,9 +41,16 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
 from payouts import db
+from payouts.amounts import hide_secret_seeds
 from payouts.client import PayoutClient, SignatureRejected
 from payouts.config import ConfigError, load_settings, load_temporal_settings
-from payouts.envelopes import EnvelopeError, parse_envelope
+from payouts.envelopes import (
+    MAX_SIGNED_XDR_CHARS,
+    EnvelopeError,
+    check_signed_xdr_form,
+    decode_xdr,
+    parse_envelope,
+)
 from payouts.errors import IdempotencyConflict
 from payouts.models import PayoutRequest, is_valid_idempotency_key
 from payouts.pool import (
@@ -60,8 +73,19 @@ class UsageError(ValueError):
     """Bad input: exit code 2."""
 
 
+class Unreachable(RuntimeError):
+    """A service the command needs could not be reached: exit code 1."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse quotes stray arguments in its errors; a seed pasted there stays hidden."""
+
+    def error(self, message: str) -> NoReturn:
+        super().error(hide_secret_seeds(message))
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="starter", description="Start and follow payouts.")
+    parser = _Parser(prog="starter", description="Start and follow payouts.")
     commands = parser.add_subparsers(dest="command", required=True)
 
     pay = commands.add_parser("pay", help="start a payout (idempotent under --key)")
@@ -118,17 +142,44 @@ def _print(body: object) -> None:
 
 
 def _read_xdr(args: argparse.Namespace) -> str:
+    """The signed XDR of ``submit-signed``, checked as far as it can be without the payout."""
     if (args.xdr is None) == (args.xdr_file is None):
-        raise UsageError("give exactly one of --xdr and --xdr-file")
-    text: str = args.xdr if args.xdr is not None else args.xdr_file.read_text()
-    return text.strip()
+        raise UsageError("--xdr: give exactly one of --xdr and --xdr-file")
+    if args.xdr is not None:
+        flag, text = "--xdr", str(args.xdr)
+    else:
+        flag, path = "--xdr-file", args.xdr_file
+        # Read a bounded amount: the file could be anything (/dev/zero included).
+        limit = 2 * MAX_SIGNED_XDR_CHARS
+        try:
+            with path.open("rb") as file:
+                data = file.read(limit + 1)
+        except OSError as exc:
+            raise UsageError(f"--xdr-file: cannot read {path}: {exc.strerror}") from None
+        if len(data) > limit:
+            raise UsageError(f"--xdr-file: {path} is larger than {limit} bytes; a signed XDR is a few thousand")
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            raise UsageError(f"--xdr-file: {path} is not UTF-8 text (base64 XDR)") from None
+    text = text.strip()
+    try:
+        check_signed_xdr_form(text)
+    except EnvelopeError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+    return text
 
 
 def sign_envelope(secret_file: Path, unsigned_xdr: str, network_passphrase: str) -> str:
     try:
-        secret = secret_file.read_text().strip()
+        secret = secret_file.read_text(encoding="utf-8").strip()
     except OSError as exc:
         raise UsageError(f"--secret-file: cannot read {secret_file}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        # Never the decoder's message: it quotes the file's bytes.
+        raise UsageError(
+            f"--secret-file: {secret_file} is not UTF-8 text, so it does not hold an S… secret seed"
+        ) from None
     if not StrKey.is_valid_ed25519_secret_seed(secret):
         raise UsageError(f"--secret-file: {secret_file} does not hold an S… secret seed")
     signer = Keypair.from_secret(secret)
@@ -151,9 +202,8 @@ def sign_envelope(secret_file: Path, unsigned_xdr: str, network_passphrase: str)
 
 def _authorization_entry(entry_xdr: str) -> stellar_xdr.SorobanAuthorizationEntry | None:
     """The entry, if ``entry_xdr`` is an unsigned authorization entry with address credentials."""
-    try:
-        entry = stellar_xdr.SorobanAuthorizationEntry.from_xdr(entry_xdr)
-    except Exception:  # the XDR library raises assorted errors on bad or truncated input
+    entry = decode_xdr(stellar_xdr.SorobanAuthorizationEntry, entry_xdr)
+    if entry is None:
         return None
     if entry.credentials.address is None and entry.credentials.address_v2 is None:
         return None
@@ -260,6 +310,16 @@ async def _channels(args: argparse.Namespace) -> int:
         engine.dispose()
 
 
+async def _connect(address: str, namespace: str) -> Client:
+    try:
+        return await Client.connect(address, namespace=namespace, data_converter=pydantic_data_converter)
+    except ValueError as exc:  # the address does not parse: nothing was sent
+        raise UsageError(f"TEMPORAL_ADDRESS={address!r} is not a host:port address ({exc})") from None
+    except RuntimeError as exc:  # the SDK's "Failed client connect: <transport error>"
+        reason = str(exc).removeprefix("Failed client connect: ")
+        raise Unreachable(f"cannot connect to Temporal at TEMPORAL_ADDRESS={address!r}: {reason}") from None
+
+
 async def _run(args: argparse.Namespace) -> int:
     if args.command == "channels":
         return await _channels(args)
@@ -280,9 +340,8 @@ async def _run(args: argparse.Namespace) -> int:
             raise UsageError("; ".join(_flag_error(e["loc"], e["msg"]) for e in exc.errors())) from None
     elif not is_valid_idempotency_key(args.key):
         raise UsageError("key: must be 1-128 characters of A-Z a-z 0-9 : _ -")
-    client = await Client.connect(
-        settings.TEMPORAL_ADDRESS, namespace=settings.TEMPORAL_NAMESPACE, data_converter=pydantic_data_converter
-    )
+    signed = _read_xdr(args) if args.command == "submit-signed" else ""
+    client = await _connect(settings.TEMPORAL_ADDRESS, settings.TEMPORAL_NAMESPACE)
     payouts = PayoutClient(client, settings.TEMPORAL_TASK_QUEUE)
     if args.command == "pay":
         handle = await payouts.pay(request)
@@ -299,7 +358,6 @@ async def _run(args: argparse.Namespace) -> int:
     if args.command == "status":
         _print((await payouts.status(args.key)).model_dump())
         return 0
-    signed = _read_xdr(args)
     if args.no_wait:
         await payouts.submit_signed_xdr(args.key, signed)
         print("signature sent; its verdict shows in `status`", file=sys.stderr)
@@ -307,10 +365,14 @@ async def _run(args: argparse.Namespace) -> int:
     try:
         await payouts.submit_signature(args.key, signed)
     except SignatureRejected as exc:
-        print(f"rejected: {exc}", file=sys.stderr)
+        _error(exc)  # "signature rejected: <reason>"
         return 1
     print("signature accepted", file=sys.stderr)
     return 0
+
+
+def _error(message: object) -> None:
+    print(f"error: {hide_secret_seeds(str(message))}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -318,23 +380,23 @@ def main(argv: list[str] | None = None) -> None:
     try:
         code = asyncio.run(_run(args))
     except (UsageError, ConfigError, PoolInputError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(exc)
         code = 2
-    except PoolError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (PoolError, Unreachable) as exc:
+        _error(exc)
         code = 1
     except RPC_ERRORS as exc:
         # Named by type only: the RPC URL may carry an API key.
-        print(f"error: the Stellar RPC (SOROBAN_RPC_URL) failed: {type(exc).__name__}", file=sys.stderr)
+        _error(f"the Stellar RPC (SOROBAN_RPC_URL) failed: {type(exc).__name__}")
         code = 1
     except SQLAlchemyError as exc:
-        print(f"error: the database (DATABASE_URL) failed: {type(exc).__name__}", file=sys.stderr)
+        _error(f"the database (DATABASE_URL) failed: {type(exc).__name__}")
         code = 1
     except IdempotencyConflict as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        _error(exc)
         code = 2
     except RPCError as exc:
-        print(f"error: Temporal answered {exc.status.name}: {exc.message}", file=sys.stderr)
+        _error(f"Temporal answered {exc.status.name}: {exc.message}")
         code = 1
     sys.exit(code)
 

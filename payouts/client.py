@@ -4,6 +4,12 @@ Start semantics (shared/DESIGN.md §3): the workflow ID is the idempotency key; 
 or completed payout under the key is reused (conflict policy USE_EXISTING, reuse policy
 ALLOW_DUPLICATE_FAILED_ONLY), but only if the request's fingerprint, stored in the
 workflow memo, matches — otherwise :class:`~payouts.errors.IdempotencyConflict`.
+
+Nothing invalid is sent: :meth:`PayoutClient.pay` validates its request again (a
+``PayoutRequest`` made by ``model_construct`` or ``model_copy(update=…)`` skipped
+validation, and a workflow started with an invalid request fails its first task forever),
+and a signed XDR longer than :data:`~payouts.envelopes.MAX_SIGNED_XDR_CHARS` is refused
+before it reaches Temporal.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from temporalio.common import (
 )
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
+from payouts.envelopes import signed_xdr_size_problem
 from payouts.errors import IdempotencyConflict
 from payouts.messages import PayoutOutcome
 from payouts.models import PayoutRequest, PayoutState, PayoutStatus
@@ -28,7 +35,14 @@ FINGERPRINT_MEMO = "fingerprint"
 
 
 class SignatureRejected(ValueError):
-    """The workflow checked a signed XDR and refused it; the message says why."""
+    """A signed XDR was refused: by the workflow's check, or here for its size (then it
+    was not sent); the message says why."""
+
+
+def _check_size(signed_xdr: str) -> None:
+    problem = signed_xdr_size_problem(signed_xdr)
+    if problem is not None:
+        raise SignatureRejected(f"signature rejected: {problem}; nothing was sent")
 
 
 class PayoutClient:
@@ -37,7 +51,11 @@ class PayoutClient:
         self.task_queue = task_queue
 
     async def pay(self, request: PayoutRequest) -> WorkflowHandle[PayoutWorkflow, PayoutOutcome]:
-        """Start the payout, or return the existing one for the same key and request."""
+        """Start the payout, or return the existing one for the same key and request.
+
+        Raises :class:`pydantic.ValidationError`, before contacting Temporal, if the
+        request is invalid (it may have skipped validation)."""
+        request = PayoutRequest.model_validate(request.model_dump(warnings=False))
         fingerprint = request.fingerprint()
         try:
             handle = await self.client.start_workflow(
@@ -72,10 +90,12 @@ class PayoutClient:
 
     async def submit_signed_xdr(self, idempotency_key: str, signed_xdr: str) -> None:
         """Fire and forget (the signal); a rejection shows in :meth:`status`."""
+        _check_size(signed_xdr)
         await self.handle(idempotency_key).signal(PayoutWorkflow.submit_signed_xdr, {"signed_xdr": signed_xdr})
 
     async def submit_signature(self, idempotency_key: str, signed_xdr: str) -> None:
         """Checked synchronously (the update); raises :class:`SignatureRejected` with the reason."""
+        _check_size(signed_xdr)
         try:
             await self.handle(idempotency_key).execute_update(PayoutWorkflow.submit_signature, signed_xdr)
         except WorkflowUpdateFailedError as exc:

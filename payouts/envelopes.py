@@ -7,11 +7,18 @@ Two payout kinds (see :mod:`payouts.config`):
 
 Every envelope carries a time bound (``max_time``): after the ledger closes past it, the
 envelope can never be applied, which is what lets a payout replace it safely (promise 2).
+
+A signed XDR from an external signer is recorded and sent exactly as given, so besides
+being the right transaction with the right signatures (promise 8) it must be exactly the
+canonical base64 of the XDR it decodes to (base64 decoding here is lenient, the network's
+is not) and at most :data:`MAX_SIGNED_XDR_CHARS` long.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from typing import TypeVar
 
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
@@ -28,9 +35,79 @@ from stellar_sdk import (
 from stellar_sdk import xdr as x
 from stellar_sdk.operation import InvokeHostFunction
 
+# The longest signed XDR (base64 characters) taken from an external signer. The largest
+# transaction the network accepts is 132 KiB (Soroban's tx_max_size_bytes), about 176 K
+# characters of base64; a payout envelope or authorization entry is 1-3 K. The limit keeps
+# every signature far below Temporal's 2 MB payload limit: the worker's answer to an
+# update (accepted or rejected) carries the update's argument, so one near that limit
+# cannot be answered at all, and the payout's workflow tasks fail until it is gone.
+MAX_SIGNED_XDR_CHARS = 256 * 1024
+
+FEE_BUMP_REFUSED = (
+    "fee-bump envelopes are not accepted; sign the transaction envelope in status (unsigned_xdr) and send it unwrapped"
+)
+_STRICT_BASE64 = re.compile(r"(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?")
+_Xdr = TypeVar("_Xdr", x.TransactionEnvelope, x.SorobanAuthorizationEntry)
+
 
 class EnvelopeError(ValueError):
     """An envelope that is not what a payout needs; the message says why."""
+
+
+def signed_xdr_size_problem(signed_xdr: str) -> str | None:
+    """Why ``signed_xdr`` is too long to be taken from a signer, or None. Pure Python:
+    the workflow calls it in its update validator and signal handler."""
+    if len(signed_xdr) <= MAX_SIGNED_XDR_CHARS:
+        return None
+    return (
+        f"the signed XDR is {len(signed_xdr)} characters, above the limit of {MAX_SIGNED_XDR_CHARS} "
+        "(MAX_SIGNED_XDR_CHARS); a signed payout envelope is a few thousand"
+    )
+
+
+def require_canonical(given: str, canonical: str) -> None:
+    """Raise :class:`EnvelopeError` unless ``given`` is exactly ``canonical``, the
+    re-encoding of what it decoded to: it is sent verbatim, and the network decodes strictly."""
+    if given == canonical:
+        return
+    if _STRICT_BASE64.fullmatch(given) is None:
+        raise EnvelopeError(
+            "not canonical base64: it contains whitespace, line breaks or characters outside "
+            "A-Z a-z 0-9 + / = (or misplaced padding); send the base64 on one line, unchanged"
+        )
+    raise EnvelopeError(
+        "not canonical XDR: it decodes, but re-encodes differently (stray padding bits or a legacy "
+        "encoding); send the XDR exactly as your Stellar library writes it"
+    )
+
+
+def decode_xdr(cls: type[_Xdr], text: str) -> _Xdr | None:
+    """``text`` decoded as ``cls`` (base64 decoded leniently, as stellar-sdk does), or None."""
+    try:
+        return cls.from_xdr(text)
+    except Exception:  # the XDR library raises assorted errors on bad or truncated input
+        return None
+
+
+def check_signed_xdr_form(signed_xdr: str) -> None:
+    """What can be checked without the payout: size, then a transaction envelope (not a
+    fee-bump) or a SorobanAuthorizationEntry with address credentials, in canonical
+    base64. Raises :class:`EnvelopeError` with the reason."""
+    problem = signed_xdr_size_problem(signed_xdr)
+    if problem is not None:
+        raise EnvelopeError(problem)
+    envelope = decode_xdr(x.TransactionEnvelope, signed_xdr)
+    if envelope is not None:
+        if envelope.type == x.EnvelopeType.ENVELOPE_TYPE_TX_FEE_BUMP:
+            raise EnvelopeError(FEE_BUMP_REFUSED)
+        require_canonical(signed_xdr, envelope.to_xdr())
+        return
+    entry = decode_xdr(x.SorobanAuthorizationEntry, signed_xdr)
+    if entry is None or (entry.credentials.address is None and entry.credentials.address_v2 is None):
+        raise EnvelopeError(
+            "not a base64 transaction envelope XDR, nor a SorobanAuthorizationEntry with address credentials"
+        )
+    require_canonical(signed_xdr, entry.to_xdr())
 
 
 @dataclass(frozen=True)
@@ -86,6 +163,9 @@ def parse_envelope(envelope_xdr: str, network_passphrase: str) -> TransactionEnv
     try:
         envelope = TransactionEnvelope.from_xdr(envelope_xdr, network_passphrase)
     except Exception as exc:  # the SDK and xdrlib3 raise assorted errors on bad or truncated input
+        raw = decode_xdr(x.TransactionEnvelope, envelope_xdr)
+        if raw is not None and raw.type == x.EnvelopeType.ENVELOPE_TYPE_TX_FEE_BUMP:
+            raise EnvelopeError(FEE_BUMP_REFUSED) from None
         raise EnvelopeError(f"not a base64 transaction envelope XDR ({type(exc).__name__})") from None
     return envelope
 
@@ -132,14 +212,20 @@ def check_signed_envelope(
     signer_weights: dict[str, int],
     threshold: int,
 ) -> TransactionEnvelope:
-    """Promise 8: the signed XDR must be the very transaction that was built and carry
-    valid signatures whose weights meet ``threshold``. Returns the envelope; raises
-    :class:`EnvelopeError` with the reason otherwise.
+    """Promise 8: the signed XDR must be the very transaction that was built, in
+    canonical base64, and carry valid signatures whose weights meet ``threshold``. Returns
+    the envelope; raises :class:`EnvelopeError` with the reason otherwise.
 
     ``signer_weights`` are the source account's signers (master key included) as read
     from the ledger; signatures by other keys, or for another network, count for nothing.
     """
+    problem = signed_xdr_size_problem(signed_xdr)
+    if problem is not None:
+        raise EnvelopeError(problem)
     envelope = parse_envelope(signed_xdr, network_passphrase)
+    # Recorded and sent verbatim: junk that lenient decoding skipped would reach the
+    # network, which refuses it, and the payout would never settle.
+    require_canonical(signed_xdr, envelope.to_xdr())
     if envelope.hash_hex() != expected_hash:
         raise EnvelopeError("the signed XDR is not the transaction that was built (hash differs)")
     if not envelope.signatures:

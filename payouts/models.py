@@ -1,7 +1,10 @@
 """The payout request and its status: the public contract of shared/DESIGN.md §3.
 
 A :class:`PayoutRequest` is validated where it enters (client, API, CLI), never inside a
-workflow: an invalid model there would make the workflow task retry forever.
+workflow: an invalid model there would make the workflow task retry forever. Its
+validation errors name the field and the rule and never show a secret seed typed into the
+wrong field (promise 6): pydantic's echo of the input is off, and the amount and asset
+rules quote their input with seeds hidden (:func:`payouts.amounts.shown`).
 """
 
 from __future__ import annotations
@@ -14,10 +17,11 @@ from enum import StrEnum
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from stellar_sdk import StrKey
 
-from payouts.amounts import to_stroops
+from payouts.amounts import SECRET_SEED, to_stroops
 from payouts.assets import validate_asset
 
 IDEMPOTENCY_KEY_PATTERN = r"^[A-Za-z0-9:_-]{1,128}$"
+# Used with fullmatch: re.match would let "$" accept a trailing newline.
 _KEY = re.compile(IDEMPOTENCY_KEY_PATTERN)
 
 
@@ -29,7 +33,9 @@ class PayoutRequest(BaseModel):
     keeps that mapping itself.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+    # hide_input_in_errors: pydantic would otherwise put (most of) the rejected value in
+    # str(ValidationError), a seed pasted as the destination included.
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, hide_input_in_errors=True)
 
     payout_id: str = Field(min_length=1, max_length=128, pattern=IDEMPOTENCY_KEY_PATTERN)
     destination: str
@@ -42,6 +48,8 @@ class PayoutRequest(BaseModel):
     def _destination(cls, value: str) -> str:
         if value.startswith("M"):
             raise ValueError("muxed (M…) destinations are not supported; pay the G… account")
+        if SECRET_SEED.fullmatch(value):
+            raise ValueError("must be a G… account ID or a C… contract ID, not an S… secret seed")
         if not (StrKey.is_valid_ed25519_public_key(value) or StrKey.is_valid_contract(value)):
             raise ValueError("must be a G… account ID or a C… contract ID (StrKey with a valid checksum)")
         return value
@@ -69,7 +77,7 @@ class PayoutRequest(BaseModel):
 
 
 def is_valid_idempotency_key(key: str) -> bool:
-    return bool(_KEY.match(key))
+    return _KEY.fullmatch(key) is not None
 
 
 class PayoutState(StrEnum):

@@ -69,6 +69,11 @@ def build_worker(
         # Every payout waiting for a lease or a confirmation stays cached: evicting one
         # means replaying its history on the next task.
         max_cached_workflows=10_000,
+        # The answer to an update carries its argument, even a rejection: checked here, an
+        # argument over the server's 2 MB limit (a hostile client's `submit_signature`)
+        # would fail every workflow task of the payout. Sent on, the server refuses that
+        # update and the payout goes on. The engine's own payloads are a few KB.
+        disable_payload_error_limit=True,
     )
 
 

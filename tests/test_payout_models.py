@@ -8,9 +8,9 @@ from hypothesis import strategies as st
 from pydantic import ValidationError
 from stellar_sdk import Keypair, StrKey
 
-from payouts.amounts import MAX_STROOPS, AmountError, from_stroops, to_stroops
+from payouts.amounts import MAX_STROOPS, AmountError, from_stroops, hide_secret_seeds, to_stroops
 from payouts.assets import AssetError, resolve_asset, validate_asset
-from payouts.models import PayoutRequest
+from payouts.models import PayoutRequest, is_valid_idempotency_key
 
 G = Keypair.random().public_key
 C = StrKey.encode_contract(bytes(range(32)))
@@ -49,6 +49,17 @@ def test_amount_to_stroops(amount: str, stroops: int) -> None:
         ("1,000", "plain decimal"),
         ("", "plain decimal"),
         (".5", "plain decimal"),
+        # ASCII digits only, and nothing after them (not even a newline)
+        ("12\n", "plain decimal"),
+        ("１２", "plain decimal"),
+        ("١٢.٥", "plain decimal"),
+        ("𝟙", "plain decimal"),
+        ("1.5\n", "plain decimal"),
+        ("1.0000000\n", "plain decimal"),
+        # too large, however written
+        ("99999999999999", "exceeds the largest"),
+        ("1" + "0" * 5000, "exceeds the largest"),
+        ("00000000000001", "at most 13 digits before"),
     ],
 )
 def test_bad_amounts_name_the_rule(amount: str, rule: str) -> None:
@@ -93,6 +104,46 @@ def test_invalid_request_names_field(field: str, value: object, message: str) ->
     assert message in str(info.value)
 
 
+def test_leading_zeros_within_13_digits_are_plain() -> None:
+    assert to_stroops("0000000000001") == to_stroops("1") == 10_000_000
+
+
+SEED = Keypair.random().secret
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "rule"),
+    [
+        ("destination", SEED, "not an S… secret seed"),
+        ("destination", SEED[:-1] + ("A" if SEED[-1] != "A" else "B"), "G… account ID"),
+        ("asset", f"EURC:{SEED}", "asset issuer"),
+        ("asset", SEED, "must be XLM, USDC or CODE:ISSUER"),
+        ("amount", SEED, "plain decimal"),
+        ("amount", f"1 {SEED}", "plain decimal"),
+        ("payout_id", SEED + "!", "pattern"),
+        ("idempotency_key", f"{SEED} ", "pattern"),
+    ],
+)
+def test_a_secret_seed_in_any_field_is_not_shown(field: str, value: str, rule: str) -> None:
+    """Promise 6: the error names the field and the rule, and shows no part of the seed."""
+    with pytest.raises(ValidationError) as info:
+        request(**{field: value})
+    message = str(info.value)
+    assert info.value.errors()[0]["loc"] == (field,) and rule in message, message
+    assert not any(SEED[i : i + 12] in message for i in range(len(SEED) - 11)), message
+
+
+def test_hide_secret_seeds() -> None:
+    assert hide_secret_seeds(f"issuer {SEED}!") == "issuer S…(a secret seed, not shown)!"
+    assert hide_secret_seeds(G) == G  # account IDs stay readable
+
+
+def test_idempotency_key_check_takes_the_whole_string() -> None:
+    assert is_valid_idempotency_key("round-1:winner-1")
+    for key in ("k-1\n", "k-1\r\n", "\nk-1", "", "k" * 129, "ｋ"):
+        assert not is_valid_idempotency_key(key), key
+
+
 def test_unknown_field_rejected() -> None:
     with pytest.raises(ValidationError, match="extra"):
         request(memo="x")
@@ -106,3 +157,6 @@ def test_assets() -> None:
         resolve_asset("USDC", None)
     with pytest.raises(AssetError, match="native"):
         validate_asset(f"XLM:{G}")
+    for code in ("EURC\n", "ＥＵＲＣ", "EURC ", "EU\nRC"):
+        with pytest.raises(AssetError, match="1-12 letters or digits"):
+            validate_asset(f"{code}:{G}")

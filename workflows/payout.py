@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.chain import NON_RETRYABLE, ChainActivities
     from activities.records import RecordActivities
     from activities.settlement import UNSETTLED_ENVELOPE, SettlementActivities
+    from payouts.envelopes import signed_xdr_size_problem
     from payouts.messages import (
         AuthorizationRequest,
         BuildEnvelopeInput,
@@ -91,6 +92,8 @@ SIGNING_MARGIN_SECONDS = 15
 # How often a payout checks whether an authorization nobody carried has expired.
 AUTHORIZATION_CHECK_INTERVAL = timedelta(seconds=5)
 MAX_QUEUED_SIGNATURES = 10
+# Patch marking the signal handler's size limit on signed XDR (MAX_SIGNED_XDR_CHARS).
+SIGNED_XDR_SIZE_LIMIT = "signed-xdr-size-limit"
 PAYOUT_FAILED = "PayoutFailed"
 
 
@@ -396,11 +399,19 @@ class PayoutWorkflow:
         return self._status
 
     @workflow.signal
-    def submit_signed_xdr(self, payload: dict[str, Any]) -> None:
-        """Fire and forget: ``{"signed_xdr": "<base64 envelope>"}``; a rejection shows in ``status``."""
+    def submit_signed_xdr(self, payload: Any) -> None:
+        """Fire and forget: ``{"signed_xdr": "<base64 envelope>"}``; a rejection shows in ``status``.
+
+        Typed ``Any`` on purpose: with a narrower type the SDK drops a payload it cannot
+        convert before this handler runs, and the sender would never learn why."""
         signed = payload.get("signed_xdr") if isinstance(payload, dict) else None
         if not isinstance(signed, str) or not signed:
             self._status.last_error = 'signal ignored: payload must be {"signed_xdr": "<base64 envelope>"}'
+            return
+        too_long = signed_xdr_size_problem(signed)
+        # Patched: histories from before the limit queued such a signal and checked it.
+        if too_long is not None and workflow.patched(SIGNED_XDR_SIZE_LIMIT):
+            self._status.last_error = f"signal ignored: {too_long}"
             return
         if self._awaiting is None:
             self._status.last_error = "signal ignored: the payout is not awaiting a signature"
@@ -408,10 +419,13 @@ class PayoutWorkflow:
         self._signatures = [*self._signatures, signed][-MAX_QUEUED_SIGNATURES:]
 
     @workflow.update
-    async def submit_signature(self, signed_xdr: str) -> str:
-        """Validated synchronously: ``accepted``, or raises with the rejection's reason."""
+    async def submit_signature(self, signed_xdr: Any) -> str:
+        """Validated synchronously: ``accepted``, or raises with the rejection's reason.
+
+        Typed ``Any`` so that an argument of another type reaches the validator, which
+        says what is wrong, instead of failing the SDK's conversion with a bare message."""
         built = self._awaiting
-        assert built is not None  # guaranteed by the validator
+        assert built is not None and isinstance(signed_xdr, str)  # guaranteed by the validator
         reason = await self._check_signature(built, signed_xdr)
         if reason is not None:
             raise ApplicationError(f"signature rejected: {reason}", type="SignatureRejected")
@@ -425,9 +439,16 @@ class PayoutWorkflow:
         return "accepted"
 
     @submit_signature.validator
-    def _validate_signature(self, signed_xdr: str) -> None:
-        if not isinstance(signed_xdr, str) or not signed_xdr:
+    def _validate_signature(self, signed_xdr: Any) -> None:
+        # A rejected update is not written to history: what fails here costs nothing.
+        if not isinstance(signed_xdr, str):
+            kind = type(signed_xdr).__name__
+            raise ValueError(f"signed_xdr must be a non-empty base64 transaction envelope (a string), not {kind}")
+        if not signed_xdr:
             raise ValueError("signed_xdr must be a non-empty base64 transaction envelope")
+        too_long = signed_xdr_size_problem(signed_xdr)
+        if too_long is not None:
+            raise ValueError(too_long)
         if self._awaiting is None:
             raise ValueError(f"the payout is not awaiting a signature (state {self._status.state.value})")
 
