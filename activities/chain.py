@@ -64,7 +64,10 @@ FEE_CAP_EXCEEDED = "FeeCapExceeded"
 SIMULATION_FAILED = "SimulationFailed"
 SIGNATURE_REJECTED = "SignatureRejected"
 NO_FREE_ACCOUNT = "NoFreeAccount"  # retryable: the workflow waits for a lease
-NON_RETRYABLE = [FEE_CAP_EXCEEDED, SIMULATION_FAILED, SIGNATURE_REJECTED]
+# The signed authorization a payout carries expired before a channel could carry it: the
+# payout asks for a new one (its simulation would fail; the payout has not failed).
+AUTHORIZATION_EXPIRED = "AuthorizationExpired"
+NON_RETRYABLE = [FEE_CAP_EXCEEDED, SIMULATION_FAILED, SIGNATURE_REJECTED, AUTHORIZATION_EXPIRED]
 
 BASE_INCLUSION_FEE = 100
 # An authorization entry stays valid this many ledgers per second of the envelope's
@@ -80,6 +83,19 @@ LEASE_WAIT_SECONDS = 5.0
 # A waiting payout asks the DB again this often: leases released by other processes are
 # only seen this way. A release in this process hands the lease on at once.
 LEASE_POLL_SECONDS = 0.5
+
+
+def _require_unexpired(entry: x.SorobanAuthorizationEntry, latest_ledger: int) -> None:
+    """Raise :data:`AUTHORIZATION_EXPIRED` unless ``entry`` can still be applied in the
+    next ledger (the earliest an envelope built now can reach)."""
+    credentials = entry.credentials.address or entry.credentials.address_v2
+    if credentials is not None and credentials.signature_expiration_ledger.uint32 <= latest_ledger + 1:
+        raise ApplicationError(
+            f"the signed authorization expired at ledger {credentials.signature_expiration_ledger.uint32} "
+            f"(latest ledger {latest_ledger}) before a channel carried it",
+            type=AUTHORIZATION_EXPIRED,
+            non_retryable=True,
+        )
 
 
 @dataclass(frozen=True)
@@ -100,7 +116,7 @@ class ChainActivities:
         self.engine = engine
         self.keys = ChannelKeys(settings)
         # Payouts of this process waiting for a lease, first come first served.
-        self._waiting: deque[asyncio.Future[None]] = deque()
+        self._waiting: deque[asyncio.Event] = deque()
         self._fee_stats: tuple[float, GetFeeStatsResponse] | None = None
         self._hot: Keypair | None = None
 
@@ -109,45 +125,56 @@ class ChainActivities:
     async def _lease(self, holder: str, validity: int) -> str:
         """A lease for ``holder``, waiting up to :data:`LEASE_WAIT_SECONDS` for one.
 
+        The payouts of this process waiting for a lease stand in line, and only the first
+        asks the DB (every :data:`LEASE_POLL_SECONDS`; leases freed by other processes are
+        only seen so). A release in this process, or the first leaving the line, hands the
+        turn on at once. Every waiter asking on its own cost a write transaction per waiter
+        per poll: hundreds of payouts queued for a few channels made the lease table the
+        bottleneck (seen in the chaos run, bench/chaos).
+
         Waiting is not failing: raising per empty poll cost more CPU (a formatted
         traceback per failed activity attempt) than the rest of a payout."""
         accounts = list(self.keys.pool.accounts)
         hold = validity + LEASE_BUILD_SECONDS
         deadline = time.monotonic() + LEASE_WAIT_SECONDS
-        queued_behind_others = bool(self._waiting)  # a newcomer does not jump the queue
-        while True:
-            if not queued_behind_others:
-                account = await asyncio.to_thread(leases.acquire, self.engine, holder, accounts, hold)
-                if account is not None:
-                    return account
-            queued_behind_others = False
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                # Benign: logged at DEBUG, not counted as a failure; the retry policy waits.
-                raise ApplicationError(
-                    "every source account is leased", type=NO_FREE_ACCOUNT, category=ApplicationErrorCategory.BENIGN
-                )
-            turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-            self._waiting.append(turn)
-            try:
-                await asyncio.wait_for(asyncio.shield(turn), timeout=min(remaining, LEASE_POLL_SECONDS))
-            except TimeoutError:
-                pass
-            finally:
-                if turn in self._waiting:
-                    self._waiting.remove(turn)
+        turn = asyncio.Event()
+        self._waiting.append(turn)
+        try:
+            while True:
+                turn.clear()  # before asking: a release while the DB answers is not lost
+                first = self._waiting[0] is turn
+                if first:
+                    account = await asyncio.to_thread(leases.acquire, self.engine, holder, accounts, hold)
+                    if account is not None:
+                        return account
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    # Benign: logged at DEBUG, not counted as a failure; the retry policy waits.
+                    raise ApplicationError(
+                        "every source account is leased",
+                        type=NO_FREE_ACCOUNT,
+                        category=ApplicationErrorCategory.BENIGN,
+                    )
+                try:
+                    await asyncio.wait_for(
+                        turn.wait(), timeout=min(remaining, LEASE_POLL_SECONDS) if first else remaining
+                    )
+                except TimeoutError:
+                    pass
+        finally:
+            was_first = self._waiting[0] is turn
+            self._waiting.remove(turn)
+            if was_first and self._waiting:
+                self._waiting[0].set()
 
     async def _release(self, account: str, holder: str) -> None:
         if await asyncio.to_thread(leases.release, self.engine, account, holder):
             self.lease_released()
 
     def lease_released(self) -> None:
-        """A lease of this process came free: wake the payout that has waited longest."""
-        while self._waiting:
-            turn = self._waiting.popleft()
-            if not turn.done():
-                turn.set_result(None)
-                return
+        """A lease of this process came free: the first payout in line asks for it now."""
+        if self._waiting:
+            self._waiting[0].set()
 
     # -- building ----------------------------------------------------------------------
 
@@ -212,7 +239,9 @@ class ChainActivities:
                 signed_entry = authorization.signed_entry_xdr
             else:
                 signed_entry = request.signed_authorization
-            envelope = with_authorization(envelope, payer, x.SorobanAuthorizationEntry.from_xdr(signed_entry))
+            entry = x.SorobanAuthorizationEntry.from_xdr(signed_entry)
+            _require_unexpired(entry, stats.latest_ledger)
+            envelope = with_authorization(envelope, payer, entry)
         prepared = await self._simulate(envelope)
         tx = prepared.transaction
         if tx.fee > settings.PAYOUTS_MAX_GAS_STROOPS:

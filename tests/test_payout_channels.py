@@ -327,3 +327,59 @@ async def test_a_happy_path_payout_takes_at_most_30_history_events(
         assert (await result_of(handle)).state == PayoutState.CONFIRMED
         events = [event async for event in handle.fetch_history_events()]
     assert len(events) <= 30, [e.event_type for e in events]
+
+
+async def test_a_signed_authorization_that_expires_before_a_channel_is_free_is_asked_for_again(
+    temporal_client: Client,
+    devnet: DevnetProcess,
+    admin: DevnetAdmin,
+    server: SorobanServerAsync,
+    database_url: str,
+) -> None:
+    """Every channel is busy until the signed authorization has expired: the payout does
+    not fail on the doomed simulation, it asks the signer for a new authorization and pays
+    once with that one."""
+    source, channels, settings = await channel_settings(
+        admin,
+        devnet,
+        database_url,
+        2,
+        PAYOUTS_SIGN_WITH_HOT_KEY=False,
+        PAYOUT_HOT_SIGNER_SECRET=None,
+        PAYOUTS_SIGNATURE_WINDOW_SECONDS=30,  # 30 ledgers: 7.5 s at the tests' 250 ms ledgers
+    )
+    winner = await admin.new_account()
+    request = payout(winner.public_key, "4")
+    key = request.idempotency_key
+    start = await latest_ledger(server)
+    engine = db.make_engine(settings.DATABASE_URL)
+    async with running_worker(temporal_client, settings) as payouts:
+        handle = await payouts.pay(request)
+        first = await awaiting_signature(payouts, key)
+        assert first.authorization_xdr is not None
+        held = [await asyncio.to_thread(leases.acquire, engine, f"busy-{i}", channels, 120) for i in channels]
+        assert sorted(a for a in held if a is not None) == sorted(channels)  # other payouts hold every channel
+        await payouts.submit_signature(key, sign_authorization(first.authorization_xdr, source))
+        creds = x.SorobanAuthorizationEntry.from_xdr(first.authorization_xdr).credentials
+        expiration = (creds.address or creds.address_v2).signature_expiration_ledger.uint32  # type: ignore[union-attr]
+        await wait_for(
+            lambda: _ledger_past(server, expiration), f"ledger {expiration} (the authorization's last)", timeout=30
+        )
+        for holder, channel in zip(channels, held, strict=True):
+            assert await asyncio.to_thread(leases.release, engine, str(channel), f"busy-{holder}")
+
+        async def asked_again() -> str | None:
+            status = await payouts.status(key)
+            fresh = status.authorization_xdr
+            return fresh if status.state == PayoutState.AWAITING_SIGNATURE and fresh != first.authorization_xdr else None
+
+        second = await wait_for(asked_again, "a new authorization to sign", timeout=30)
+        await payouts.submit_signature(key, sign_authorization(second, source))
+        outcome = await result_of(handle)
+    assert outcome.state == PayoutState.CONFIRMED
+    [paid] = await successful_transfers(server, start, winner.public_key)
+    assert paid.tx_hash == outcome.tx_hash
+
+
+async def _ledger_past(server: SorobanServerAsync, ledger: int) -> bool | None:
+    return True if await latest_ledger(server) > ledger else None

@@ -38,7 +38,7 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.chain import NON_RETRYABLE, ChainActivities
+    from activities.chain import AUTHORIZATION_EXPIRED, NON_RETRYABLE, ChainActivities
     from activities.records import RecordActivities
     from activities.settlement import UNSETTLED_ENVELOPE, SettlementActivities
     from payouts.envelopes import signed_xdr_size_problem
@@ -163,6 +163,13 @@ class PayoutWorkflow:
                 # (A signed authorization may exist: FAILED only once it cannot be used.)
                 if authorization is not None and await self._authorization_used(authorization):
                     return await self._paid_elsewhere(key, authorization)
+                if _error_type(exc) == AUTHORIZATION_EXPIRED:
+                    # Expired unused before a channel could carry it: ask for a new one;
+                    # like an unsigned window, that does not use an attempt.
+                    self._status.last_error = _reason(exc)
+                    authorization = signed_authorization = None
+                    self._attempt -= 1
+                    continue
                 return await self._finish(PayoutOutcome(key, PayoutState.FAILED, error=_reason(exc)))
             if not policy.live_execution:
                 return await self._finish(PayoutOutcome(key, PayoutState.BUILT, unsigned_xdr=built.unsigned_xdr))
@@ -457,3 +464,8 @@ def _reason(error: ActivityError | ApplicationError) -> str:
     """The message of an activity's failure (a local activity's arrives unwrapped)."""
     cause = error.cause if isinstance(error, ActivityError) else error
     return cause.message if isinstance(cause, ApplicationError) else str(error)
+
+
+def _error_type(error: ActivityError | ApplicationError) -> str | None:
+    cause = error.cause if isinstance(error, ActivityError) else error
+    return cause.type if isinstance(cause, ApplicationError) else None
