@@ -155,7 +155,8 @@ def _schedule(scenario: Scenario) -> list[float]:
     return [i * gap for i in range(scenario.payouts)]
 
 
-async def _fund(rpc_url: str, accounts: list[str]) -> None:
+async def fund_accounts(rpc_url: str, accounts: list[str]) -> None:
+    """Create and fund ``accounts`` through devnet's friendbot."""
     async with aiohttp.ClientSession() as session:
         limit = asyncio.Semaphore(32)
 
@@ -306,7 +307,7 @@ async def _scenario(scenario: Scenario, work: Path, database: str, profile: Path
         payer, channel_secret = Keypair.random(), Keypair.random().secret
         channels = [channel_keypair(channel_secret, i) for i in range(scenario.channels)]
         destinations = [Keypair.random().public_key for _ in range(DESTINATIONS)]
-        await _fund(rpc_url, [payer.public_key, *(c.public_key for c in channels), *destinations])
+        await fund_accounts(rpc_url, [payer.public_key, *(c.public_key for c in channels), *destinations])
         async with SorobanServerAsync(f"{rpc_url}/soroban/rpc") as rpc:
             devnet_cpu = _cpu_seconds(devnet.pid)
             baseline = await _run_baseline(scenario, rpc, payer, channels, destinations)

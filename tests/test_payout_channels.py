@@ -371,7 +371,8 @@ async def test_a_signed_authorization_that_expires_before_a_channel_is_free_is_a
         async def asked_again() -> str | None:
             status = await payouts.status(key)
             fresh = status.authorization_xdr
-            return fresh if status.state == PayoutState.AWAITING_SIGNATURE and fresh != first.authorization_xdr else None
+            waiting = status.state == PayoutState.AWAITING_SIGNATURE
+            return fresh if waiting and fresh != first.authorization_xdr else None
 
         second = await wait_for(asked_again, "a new authorization to sign", timeout=30)
         await payouts.submit_signature(key, sign_authorization(second, source))

@@ -39,6 +39,7 @@ from bench.chaos import audit
 from bench.chaos.cluster import MODES, PASSPHRASE, AppDatabase, Cluster, ModeAccounts
 from bench.chaos.faults import FaultInjector
 from bench.chaos.signer import ExternalSigner, SignerStats
+from bench.payout_throughput import fund_accounts
 from payouts import db
 from payouts.amounts import from_stroops
 from payouts.client import PayoutClient
@@ -187,17 +188,6 @@ class Workload:
         self.starts["conflicting starts after a failure"] += 1
 
 
-async def _fund(session: aiohttp.ClientSession, rpc_url: str, accounts: list[str]) -> None:
-    limit = asyncio.Semaphore(16)
-
-    async def fund(account: str) -> None:
-        async with limit, session.get(f"{rpc_url}/friendbot", params={"addr": account}) as response:
-            if response.status != 200:
-                raise RuntimeError(f"friendbot: {await response.text()}")
-
-    await asyncio.gather(*(fund(a) for a in accounts))
-
-
 async def _unsettled(client: Client, signer: ExternalSigner, planned: list[audit.PlannedPayout]) -> list[str]:
     """Keys whose latest run is still going, other than those waiting for a signature the
     signer will never give."""
@@ -245,7 +235,7 @@ async def run_chaos(config: ChaosConfig) -> ChaosResult:
         destinations = [Keypair.random().public_key for _ in range(config.destinations)]
         accounts = [a for m in modes for a in (m.payer.public_key, *m.channels)] + destinations
         async with aiohttp.ClientSession() as session, SorobanServerAsync(f"{cluster.rpc_url}/soroban/rpc") as rpc:
-            await _fund(session, cluster.rpc_url, accounts)
+            await fund_accounts(cluster.rpc_url, accounts)
             start_ledger = (await rpc.get_latest_ledger()).sequence + 1
             while (await rpc.get_latest_ledger()).sequence < start_ledger:
                 await asyncio.sleep(config.ledger_ms / 4000)
@@ -257,10 +247,10 @@ async def run_chaos(config: ChaosConfig) -> ChaosResult:
             workload = Workload(client, config, planned)
             injector = FaultInjector(cluster, session, config.seed, config.fault_interval)
             signer = ExternalSigner(client, modes, config.seed)
-            stop_faults, stop_signer = asyncio.Event(), asyncio.Event()
+            stop_faults, finished = asyncio.Event(), asyncio.Event()
             fault_task = asyncio.create_task(injector.run(stop_faults))
-            signer_task = asyncio.create_task(signer.run(stop_signer))
-            supervisor = asyncio.create_task(cluster.supervise(stop_signer, injector.kept_down))
+            signer_task = asyncio.create_task(signer.run(finished))
+            supervisor = asyncio.create_task(cluster.supervise(finished, injector.kept_down))
             await workload.run()
             await asyncio.sleep(config.tail_seconds)
             stop_faults.set()
@@ -270,14 +260,16 @@ async def run_chaos(config: ChaosConfig) -> ChaosResult:
             target = (await rpc.get_latest_ledger()).sequence + SETTLE_LEDGERS
             while (await rpc.get_latest_ledger()).sequence < target:
                 await asyncio.sleep(config.ledger_ms / 4000)
-            stop_signer.set()
+            finished.set()
             await signer_task
             await supervisor
 
             ledger = await audit.read_ledger(rpc, start_ledger, PASSPHRASE)
             after = await audit.read_balances(rpc, accounts)
             temporal = await audit.read_temporal(client, planned)
-            facts = audit.read_database(database.engine(), planned)
+            engine = database.engine()
+            facts = audit.read_database(engine, planned)
+            engine.dispose()
         moves = {a: after.get(a, 0) - before.get(a, 0) for a in accounts}
         report = audit.check(planned, ledger, temporal, facts, moves)
         violations = [v.render() for v in report.violations] + workload.violations
