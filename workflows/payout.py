@@ -69,14 +69,20 @@ CHAIN_RETRY = RetryPolicy(
 )
 CHAIN_TIMEOUT = timedelta(seconds=10)
 # Building waits for a free source account (up to a few seconds per attempt, then
-# NoFreeAccount, retried in the worker), then builds: its timeout covers both.
+# NoFreeAccount, retried), then builds: its timeout covers both. The retries back off to
+# half a minute: a backlog of payouts for a few accounts must cost little while it waits.
 BUILD_TIMEOUT = timedelta(seconds=30)
 BUILD_RETRY = RetryPolicy(
-    initial_interval=timedelta(milliseconds=100),
-    backoff_coefficient=1.5,
-    maximum_interval=timedelta(seconds=1),
+    initial_interval=timedelta(milliseconds=500),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
     non_retryable_error_types=NON_RETRYABLE,
 )
+# A local activity retried within the worker keeps its workflow task open, and the worker
+# heartbeats that task (a round of history events) every few seconds: with a thousand
+# payouts queued for 4 channels, those heartbeats saturated the Temporal server (seen in
+# the chaos run, bench/chaos). Retries waiting longer than this sleep on a durable timer.
+LOCAL_RETRY_THRESHOLD = timedelta(seconds=2)
 SETTLE_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     maximum_interval=timedelta(seconds=5),
@@ -240,7 +246,11 @@ class PayoutWorkflow:
         timeout: timedelta = CHAIN_TIMEOUT,
     ) -> Any:
         return await workflow.execute_local_activity_method(
-            activity, arg, start_to_close_timeout=timeout, retry_policy=retry_policy
+            activity,
+            arg,
+            start_to_close_timeout=timeout,
+            retry_policy=retry_policy,
+            local_retry_threshold=LOCAL_RETRY_THRESHOLD,
         )
 
     async def _settle_recorded(

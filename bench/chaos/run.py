@@ -217,7 +217,7 @@ async def _wait_settled(
         if not pending:
             return []
         log.info("%d payouts still in flight: %s", len(pending), ", ".join(pending[:5]))
-        await asyncio.sleep(2)
+        await asyncio.sleep(10)  # listing thousands of runs is a load on the Temporal server
     return pending
 
 
