@@ -20,6 +20,7 @@ import asyncio
 import base64
 import logging
 import random
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -36,6 +37,7 @@ from payouts.models import PayoutState, PayoutStatus
 log = logging.getLogger("chaos.signer")
 
 PLANS = ("prompt", "late", "twice", "wrong", "never")
+RECHECK_SECONDS = 5.0
 
 
 def sign_request(status: PayoutStatus, signer: Keypair, passphrase: str = PASSPHRASE) -> str:
@@ -81,6 +83,7 @@ class ExternalSigner:
         self.plans: dict[str, str] = {}
         self.stats = SignerStats()
         self._handled: set[tuple[str, str]] = set()  # (key, what was asked)
+        self._asked_at: dict[str, float] = {}  # key → when its status was last read
         self._tasks: set[asyncio.Task[None]] = set()
 
     def plan_for(self, key: str, mode: ModeAccounts) -> str:
@@ -109,6 +112,18 @@ class ExternalSigner:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _consider(self, key: str, queue: str) -> None:
+        # A status query is a round trip through a worker: with hundreds of payouts
+        # waiting, asking each on every poll loaded the Temporal server more than the
+        # payouts did. A payout asks again only after a window closes (tens of seconds).
+        now = time.monotonic()
+        if self.plan_for(key, self.modes[queue]) == "never":
+            if key not in self._asked_at:
+                self.stats.answers["never"] += 1
+                self._asked_at[key] = now
+            return
+        if now - self._asked_at.get(key, -RECHECK_SECONDS) < RECHECK_SECONDS:
+            return
+        self._asked_at[key] = now
         try:
             status = await self.payouts[queue].status(key)
         except RPCError:
@@ -127,8 +142,6 @@ class ExternalSigner:
         self.stats.answers[plan] += 1
         payouts = self.payouts[mode.task_queue]
         signer = mode.payer
-        if plan == "never":
-            return
         if plan == "late":
             # Mostly within the window; one time in five after it closed.
             await asyncio.sleep(rng.uniform(2, 10) if rng.random() < 0.8 else rng.uniform(30, 45))
