@@ -152,6 +152,8 @@ class Workload:
             copies = self.rng.choices([1, 2, 3], [0.8, 0.12, 0.08])[0]
             again, conflict = self.rng.random() < 0.1, self.rng.random() < 0.05
             tasks.append(asyncio.create_task(self._one(p, copies, again, conflict)))
+            if (p.index + 1) % 250 == 0:
+                log.info("started %d of %d payouts", p.index + 1, len(self.planned))
         await asyncio.gather(*tasks)
 
     async def _start(self, p: audit.PlannedPayout, request: PayoutRequest) -> None:

@@ -38,6 +38,7 @@ log = logging.getLogger("chaos.signer")
 
 PLANS = ("prompt", "late", "twice", "wrong", "never")
 RECHECK_SECONDS = 5.0
+STATUS_QUERIES_AT_ONCE = 16  # a status query is a round trip through a worker
 
 
 def sign_request(status: PayoutStatus, signer: Keypair, passphrase: str = PASSPHRASE) -> str:
@@ -85,6 +86,7 @@ class ExternalSigner:
         self._handled: set[tuple[str, str]] = set()  # (key, what was asked)
         self._asked_at: dict[str, float] = {}  # key → when its status was last read
         self._tasks: set[asyncio.Task[None]] = set()
+        self._queries = asyncio.Semaphore(STATUS_QUERIES_AT_ONCE)
 
     def plan_for(self, key: str, mode: ModeAccounts) -> str:
         if key not in self.plans:
@@ -98,11 +100,13 @@ class ExternalSigner:
         query = f"ExecutionStatus = 'Running' AND PayoutStatus = 'AWAITING_SIGNATURE' AND ({queues})"
         while not stop.is_set():
             try:
-                async for found in self.client.list_workflows(query):
-                    if found.task_queue in self.modes:
-                        await self._consider(found.id, found.task_queue)
+                waiting = [(f.id, f.task_queue) async for f in self.client.list_workflows(query)]
             except RPCError as exc:
                 log.debug("visibility: %s", exc)  # the Temporal server may be restarting
+                waiting = []
+            # Side by side: read one after another, hundreds of waiting payouts made the
+            # signer, not the engine, the bottleneck of a long run.
+            await asyncio.gather(*(self._consider(key, queue) for key, queue in waiting if queue in self.modes))
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)
             except TimeoutError:
@@ -125,7 +129,8 @@ class ExternalSigner:
             return
         self._asked_at[key] = now
         try:
-            status = await self.payouts[queue].status(key)
+            async with self._queries:
+                status = await self.payouts[queue].status(key)
         except RPCError:
             return
         asked = status.authorization_xdr or status.unsigned_xdr
