@@ -1,4 +1,10 @@
-"""The starter CLI: ``pay``, ``status``, ``submit-signed``, ``sign`` and ``channels``.
+"""The starter CLI: ``pay``, ``batch``, ``status``, ``list``, ``submit-signed``, ``sign``
+and ``channels``.
+
+``batch FILE`` pays a whole file (:mod:`payouts.batch`): every row is checked first, then
+the payouts start and a progress line follows them; it ends with a summary table.
+``list`` finds payouts through Temporal visibility (the ``PayoutStatus`` and
+``PayoutAsset`` search attributes).
 
 ``sign`` plays the external HSM/KMS for demos: it signs an unsigned payout envelope, or
 (with channel accounts) the payout account's authorization entry, with a secret read from
@@ -9,7 +15,9 @@ listings) and prints the signed XDR.
 they read their configuration from the environment like the worker, and talk to the
 Stellar RPC and the app DB only (not to Temporal).
 
-Exit codes: 0 done, 1 the payout failed, a signature was rejected, the chain or the
+Exit codes: 0 done (``batch``: every payout CONFIRMED), 1 the payout failed (``batch``:
+any payout not confirmed — failed, awaiting a signature, built only, still in flight at
+``--timeout``, or a conflicting key), a signature was rejected, the chain or the
 lease table refused a pool operation, or a service (Temporal at ``TEMPORAL_ADDRESS``, the
 Stellar RPC, the DB) could not be reached or failed, 2 bad input or configuration (the
 message names the flag or variable and the rule; nothing was sent).
@@ -31,6 +39,9 @@ from pathlib import Path
 from typing import NoReturn
 
 from pydantic import ValidationError
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
 from sqlalchemy.exc import SQLAlchemyError
 from stellar_sdk import Keypair, StrKey, TransactionEnvelope
 from stellar_sdk import xdr as stellar_xdr
@@ -40,9 +51,10 @@ from temporalio.client import Client, WorkflowFailureError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
-from payouts import db
+from payouts import batch, db
 from payouts.amounts import hide_secret_seeds
-from payouts.client import PayoutClient, SignatureRejected
+from payouts.assets import AssetError, validate_asset
+from payouts.client import MAX_LIST_LIMIT, PayoutClient, PayoutSummary, SignatureRejected
 from payouts.config import ConfigError, load_settings, load_temporal_settings
 from payouts.envelopes import (
     MAX_SIGNED_XDR_CHARS,
@@ -52,7 +64,7 @@ from payouts.envelopes import (
     parse_envelope,
 )
 from payouts.errors import IdempotencyConflict
-from payouts.models import PayoutRequest, is_valid_idempotency_key
+from payouts.models import PayoutRequest, PayoutState, is_valid_idempotency_key
 from payouts.pool import (
     DEFAULT_BALANCE,
     RPC_ERRORS,
@@ -96,8 +108,22 @@ def _parser() -> argparse.ArgumentParser:
     pay.add_argument("--key", required=True, help="idempotency key = workflow ID")
     pay.add_argument("--wait", action="store_true", help="wait for the outcome")
 
+    batch = commands.add_parser("batch", help="pay every row of a CSV or JSON-lines file (idempotent per row)")
+    batch.add_argument("file", type=Path, help="columns/fields: payout_id, destination, amount, asset, idempotency_key")
+    batch.add_argument("--wait-for-signatures", action="store_true",
+                       help="keep waiting for payouts awaiting an external signature")  # fmt: skip
+    batch.add_argument("--timeout", type=float, help="stop following after this many seconds")
+    batch.add_argument("--json", action="store_true", help="print the summary as JSON")
+
     status = commands.add_parser("status", help="show a payout's status")
     status.add_argument("key")
+
+    listing = commands.add_parser("list", help="find payouts by PayoutStatus and PayoutAsset (newest first)")
+    listing.add_argument("--status", action="append", choices=[s.value for s in PayoutState], default=[],
+                         help="repeat for several; default: any")  # fmt: skip
+    listing.add_argument("--asset", help="XLM, USDC or CODE:ISSUER")
+    listing.add_argument("--limit", type=int, default=100, help=f"at most this many (1..{MAX_LIST_LIMIT})")
+    listing.add_argument("--json", action="store_true", help="print JSON")
 
     submit = commands.add_parser("submit-signed", help="hand an externally signed envelope to a payout")
     submit.add_argument("key")
@@ -117,11 +143,11 @@ def _parser() -> argparse.ArgumentParser:
     ensure.add_argument(
         "--balance", default=DEFAULT_BALANCE, help=f"target XLM per channel (default {DEFAULT_BALANCE})"
     )
-    listing = pool.add_parser("list", help="each channel's balance and lease")
-    listing.add_argument("--count", type=int, help="channels 0..N-1 (default: PAYOUTS_CHANNEL_COUNT)")
+    pool_list = pool.add_parser("list", help="each channel's balance and lease")
+    pool_list.add_argument("--count", type=int, help="channels 0..N-1 (default: PAYOUTS_CHANNEL_COUNT)")
     merge = pool.add_parser("merge", help="merge channels back into the payout account")
     merge.add_argument("--count", type=int, help="channels 0..N-1 (default: PAYOUTS_CHANNEL_COUNT)")
-    for command in (ensure, listing, merge):
+    for command in (ensure, pool_list, merge):
         command.add_argument("--json", action="store_true", help="print JSON")
     return parser
 
@@ -320,6 +346,50 @@ async def _connect(address: str, namespace: str) -> Client:
         raise Unreachable(f"cannot connect to Temporal at TEMPORAL_ADDRESS={address!r}: {reason}") from None
 
 
+def _print_payouts(found: list[PayoutSummary], as_json: bool) -> None:
+    if as_json:
+        _print([dataclasses.asdict(p) for p in found])
+        return
+    table = Table("idempotency key", "PayoutStatus", "asset", "run", "started", "closed", box=None)
+    for p in found:
+        closed = "" if p.closed_at is None else p.closed_at.isoformat(timespec="seconds")
+        table.add_row(p.idempotency_key, p.state or "", p.asset or "", p.execution_status,
+                      p.started_at.isoformat(timespec="seconds"), closed)  # fmt: skip
+    Console(width=200).print(table)
+    print(f"{len(found)} payout(s)", file=sys.stderr)
+
+
+async def _batch(args: argparse.Namespace, payouts: PayoutClient, rows: list[batch.BatchRow]) -> int:
+    outcomes = await batch.start(payouts, rows)
+    console = Console(stderr=True)
+    if console.is_terminal:
+        with Progress(*Progress.get_default_columns(), console=console, transient=True) as bar:
+            task = bar.add_task("starting", total=len(outcomes))
+
+            def show(progress: batch.BatchProgress) -> None:
+                settled = progress.confirmed + progress.failed + progress.other
+                bar.update(task, completed=settled, description=str(progress))
+
+            await batch.follow(payouts, outcomes, on_progress=show, wait_for_signatures=args.wait_for_signatures,
+                               timeout=args.timeout)  # fmt: skip
+    else:
+        # Logs and pipes get a line when the counts change, not a redrawn bar.
+        last: list[batch.BatchProgress] = []
+
+        def log(progress: batch.BatchProgress) -> None:
+            if not last or last[-1] != progress:
+                print(f"progress: {progress}", file=sys.stderr, flush=True)
+                last[:] = [progress]
+
+        await batch.follow(payouts, outcomes, on_progress=log, wait_for_signatures=args.wait_for_signatures,
+                           timeout=args.timeout)  # fmt: skip
+    if args.json:
+        _print([dataclasses.asdict(o) for o in sorted(outcomes, key=lambda o: o.line)])
+    else:
+        Console(width=max(200, Console().width)).print(batch.summary_table(outcomes))
+    return 0 if all(o.state == PayoutState.CONFIRMED for o in outcomes) else 1
+
+
 async def _run(args: argparse.Namespace) -> int:
     if args.command == "channels":
         return await _channels(args)
@@ -327,6 +397,30 @@ async def _run(args: argparse.Namespace) -> int:
         print(sign_envelope(args.secret_file, args.xdr, args.network_passphrase))
         return 0
     settings = load_temporal_settings()
+    if args.command == "batch":
+        if args.timeout is not None and not args.timeout > 0:
+            raise UsageError("--timeout: must be a number of seconds > 0")
+        try:
+            rows = batch.read_batch_file(args.file)
+        except batch.BatchFileError as exc:
+            raise UsageError(str(exc)) from None
+        client = await _connect(settings.TEMPORAL_ADDRESS, settings.TEMPORAL_NAMESPACE)
+        return await _batch(args, PayoutClient(client, settings.TEMPORAL_TASK_QUEUE), rows)
+    if args.command == "list":
+        if not 1 <= args.limit <= MAX_LIST_LIMIT:
+            raise UsageError(f"--limit: must be 1..{MAX_LIST_LIMIT}")
+        if args.asset is not None:
+            try:
+                validate_asset(args.asset)
+            except AssetError as exc:
+                raise UsageError(f"--asset: {exc}") from None
+        client = await _connect(settings.TEMPORAL_ADDRESS, settings.TEMPORAL_NAMESPACE)
+        states = [PayoutState(s) for s in args.status]
+        found = await PayoutClient(client, settings.TEMPORAL_TASK_QUEUE).list_payouts(
+            states=states, asset=args.asset, limit=args.limit
+        )
+        _print_payouts(found, args.json)
+        return 0
     if args.command == "pay":
         try:
             request = PayoutRequest(

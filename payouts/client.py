@@ -14,6 +14,9 @@ before it reaches Temporal.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
@@ -25,6 +28,7 @@ from temporalio.common import (
 )
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
+from payouts.assets import validate_asset
 from payouts.envelopes import signed_xdr_size_problem
 from payouts.errors import IdempotencyConflict
 from payouts.messages import PayoutOutcome
@@ -32,6 +36,34 @@ from payouts.models import PayoutRequest, PayoutState, PayoutStatus
 from workflows.payout import PAYOUT_ASSET, PAYOUT_STATUS, PayoutWorkflow
 
 FINGERPRINT_MEMO = "fingerprint"
+MAX_LIST_LIMIT = 10_000
+
+
+@dataclass(frozen=True)
+class PayoutSummary:
+    """One payout as Temporal visibility sees it (:meth:`PayoutClient.list_payouts`).
+
+    ``state`` is the ``PayoutStatus`` search attribute: the workflow sets it at start and
+    when a payout awaits a signature, is submitted and finishes (not on every step)."""
+
+    idempotency_key: str
+    state: str | None
+    asset: str | None
+    execution_status: str
+    started_at: datetime
+    closed_at: datetime | None
+
+
+def list_query(states: Sequence[PayoutState] = (), asset: str | None = None) -> str:
+    """The visibility query for payouts in any of ``states`` and of ``asset``. The values
+    are checked first (an enum member, a valid asset), so they cannot change the query."""
+    clauses = [f"WorkflowType = '{PayoutWorkflow.__name__}'"]
+    if states:
+        names = ", ".join(f"'{PayoutState(state).value}'" for state in states)
+        clauses.append(f"{PAYOUT_STATUS.name} IN ({names})")
+    if asset is not None:
+        clauses.append(f"{PAYOUT_ASSET.name} = '{validate_asset(asset)}'")
+    return " AND ".join(clauses)
 
 
 class SignatureRejected(ValueError):
@@ -81,6 +113,27 @@ class PayoutClient:
         if stored != fingerprint:
             raise IdempotencyConflict(request.idempotency_key, str(stored), fingerprint)
         return handle
+
+    async def list_payouts(
+        self, *, states: Sequence[PayoutState] = (), asset: str | None = None, limit: int = 100
+    ) -> list[PayoutSummary]:
+        """The newest ``limit`` payouts in ``states`` (any, if empty) and of ``asset``, of
+        every task queue of the namespace (through visibility: it can lag by a moment)."""
+        if not 1 <= limit <= MAX_LIST_LIMIT:
+            raise ValueError(f"limit: must be 1..{MAX_LIST_LIMIT}, got {limit}")
+        found = []
+        async for execution in self.client.list_workflows(list_query(states, asset), limit=limit):
+            found.append(
+                PayoutSummary(
+                    idempotency_key=execution.id,
+                    state=execution.typed_search_attributes.get(PAYOUT_STATUS),
+                    asset=execution.typed_search_attributes.get(PAYOUT_ASSET),
+                    execution_status=execution.status.name if execution.status is not None else "UNKNOWN",
+                    started_at=execution.start_time,
+                    closed_at=execution.close_time,
+                )
+            )
+        return found
 
     def handle(self, idempotency_key: str) -> WorkflowHandle[PayoutWorkflow, PayoutOutcome]:
         return self.client.get_workflow_handle_for(PayoutWorkflow.run, idempotency_key)

@@ -115,6 +115,12 @@ def load_temporal_settings(**overrides: object) -> TemporalSettings:
     return _load(TemporalSettings, overrides)
 
 
+def load(cls: type[S], **overrides: object) -> S:
+    """Settings of class ``cls`` (a :class:`TemporalSettings` subclass, e.g. the API's)
+    from the environment, with every problem in one :class:`ConfigError`."""
+    return _load(cls, overrides)
+
+
 def _load(cls: type[S], overrides: dict[str, object]) -> S:
     try:
         return cls(**overrides)  # type: ignore[arg-type]

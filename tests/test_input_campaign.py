@@ -84,14 +84,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
 import os
 import re
 import sys
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager, redirect_stderr, redirect_stdout
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -125,11 +124,11 @@ from temporalio.worker import Replayer
 
 from payouts import db
 from payouts.amounts import MAX_STROOPS, AmountError, to_stroops
-from payouts.cli import main
 from payouts.client import PayoutClient, SignatureRejected
 from payouts.envelopes import EnvelopeError, check_signed_envelope
 from payouts.messages import PayoutOutcome
 from payouts.models import PayoutRequest, PayoutState, PayoutStatus
+from tests.cli_harness import CliRun, run_cli
 from tests.devnet_harness import PASSPHRASE, DevnetAdmin, DevnetProcess, free_port, sac_transfer_envelope
 from tests.payout_checks import (
     XLM,
@@ -373,33 +372,6 @@ async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             await writer.drain()
     finally:
         writer.close()
-
-
-@dataclass(frozen=True)
-class CliRun:
-    code: int | None
-    stdout: str
-    stderr: str
-    crash: BaseException | None  # what would be a traceback on stderr
-
-    def describe(self) -> str:
-        return f"exit {self.code}, crash {self.crash!r}, stderr {self.stderr!r}"
-
-
-def run_cli(argv: list[str]) -> CliRun:
-    """``payouts.cli.main(argv)`` in this process. It runs its own event loop: call it from
-    a thread without one (``asyncio.to_thread``, or hypothesis' worker thread)."""
-    out, err = io.StringIO(), io.StringIO()
-    code: int | None = None
-    crash: BaseException | None = None
-    with redirect_stdout(out), redirect_stderr(err):
-        try:
-            main(argv)
-        except SystemExit as done:
-            code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-        except Exception as exc:
-            crash = exc
-    return CliRun(code, out.getvalue(), err.getvalue(), crash)
 
 
 def assert_usage_error(run: CliRun, prefix: str, rules: tuple[str, ...] = ()) -> None:
