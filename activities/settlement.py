@@ -118,6 +118,7 @@ class SettlementActivities:
                 if not sent_once:
                     sent_once = True
                     await asyncio.to_thread(db.mark_submitted, self.engine, built.tx_hash)
+                    activity.logger.info("envelope sent: %s", status, extra={"tx_hash": built.tx_hash})
                 if status not in ("PENDING", "DUPLICATE"):
                     # Ambiguous (it may already be in a ledger): look it up once, then resend.
                     polls = 1
@@ -135,6 +136,7 @@ class SettlementActivities:
                     activity.heartbeat(lookup.status)
                 since_ledger = since_ledger if since_ledger is not None else lookup.latest_ledger
                 if lookup.status in ("SUCCESS", "FAILED") or is_provably_dead(lookup, built.max_time, since_ledger):
+                    activity.logger.info("envelope settled: %s", lookup.status, extra={"tx_hash": built.tx_hash})
                     if await asyncio.to_thread(self._settle, key, built.tx_hash, built.source_account, lookup):
                         self.on_release()
                     return lookup

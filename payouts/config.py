@@ -24,7 +24,7 @@ Decisions where the seed is silent:
 
 from __future__ import annotations
 
-from typing import TypeVar
+from typing import Literal, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -75,6 +75,11 @@ class PayoutSettings(TemporalSettings):
     PAYOUTS_CHANNEL_MIN_BALANCE_STROOPS: int = Field(default=20_000_000, ge=0, le=2**63 - 1)
 
     DATABASE_URL: str = "sqlite:///payouts.db"
+
+    # Where the worker serves Prometheus metrics (Temporal SDK + payout metrics), e.g.
+    # 0.0.0.0:9464; unset: not served. Log lines as text or JSON (payouts.logs).
+    PAYOUTS_METRICS_ADDRESS: str | None = Field(default=None, pattern=r"^[^\s:]+:[0-9]{1,5}$")
+    PAYOUTS_LOG_FORMAT: Literal["text", "json"] = "text"
 
     @field_validator("PAYOUT_SOURCE_ACCOUNT", "PAYOUT_USDC_ISSUER")
     @classmethod

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from concurrent.futures import ThreadPoolExecutor
 
 from stellar_sdk.soroban_server_async import SorobanServerAsync
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
@@ -16,7 +18,9 @@ from activities.chain import ChainActivities
 from activities.records import RecordActivities
 from activities.settlement import SettlementActivities
 from payouts import db, leases
-from payouts.config import PayoutSettings, load_settings
+from payouts.config import ConfigError, PayoutSettings, load_settings
+from payouts.logs import configure_logging
+from workflows import metrics
 from workflows.payout import PayoutWorkflow
 
 log = logging.getLogger("payouts.worker")
@@ -31,9 +35,26 @@ WORKFLOW_RUNNER = SandboxedWorkflowRunner(
 )
 
 
+def metrics_runtime(bind_address: str) -> Runtime:
+    """A Temporal runtime serving Prometheus metrics on ``bind_address``: the SDK's
+    (``temporal_*``: task latencies, schedule-to-start, slots, …) and the payouts'
+    (:mod:`workflows.metrics`), durations in seconds."""
+    prometheus = PrometheusConfig(
+        bind_address=bind_address,
+        counters_total_suffix=True,
+        durations_as_seconds=True,
+        histogram_bucket_overrides=metrics.BUCKETS,
+    )
+    return Runtime(telemetry=TelemetryConfig(metrics=prometheus))
+
+
 async def connect(settings: PayoutSettings) -> Client:
+    runtime = metrics_runtime(settings.PAYOUTS_METRICS_ADDRESS) if settings.PAYOUTS_METRICS_ADDRESS else None
     return await Client.connect(
-        settings.TEMPORAL_ADDRESS, namespace=settings.TEMPORAL_NAMESPACE, data_converter=pydantic_data_converter
+        settings.TEMPORAL_ADDRESS,
+        namespace=settings.TEMPORAL_NAMESPACE,
+        data_converter=pydantic_data_converter,
+        runtime=runtime,
     )
 
 
@@ -89,5 +110,10 @@ async def run_worker(settings: PayoutSettings | None = None) -> None:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    asyncio.run(run_worker())
+    try:
+        settings = load_settings()
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+    configure_logging(settings.PAYOUTS_LOG_FORMAT)
+    asyncio.run(run_worker(settings))

@@ -37,6 +37,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows import metrics
+
 with workflow.unsafe.imports_passed_through():
     from activities.chain import AUTHORIZATION_EXPIRED, NON_RETRYABLE, ChainActivities
     from activities.records import RecordActivities
@@ -112,17 +114,18 @@ class PayoutWorkflow:
         self._accepted_signature: str | None = None
         self._attempt = 0
         self._error = "no attempt was made"
+        self._asset = "XLM"
 
     # -- the flow ----------------------------------------------------------------------
 
     @workflow.run
     async def run(self, request: PayoutRequest) -> PayoutOutcome:
-        key = request.idempotency_key
+        key, self._asset = request.idempotency_key, request.asset
         start = await workflow.execute_local_activity_method(
             RecordActivities.start_payout, request, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
         )
         if start.confirmed is not None:
-            return await self._finish(start.confirmed)
+            return await self._finish(start.confirmed, count=False)  # counted by the run that paid
         policy = start.policy
         paid = await self._settle_recorded(key, start.unsettled, policy)
         if paid is not None:
@@ -176,7 +179,8 @@ class PayoutWorkflow:
                     authorization = signed_authorization = None
                     self._attempt -= 1
                     continue
-                return await self._finish(PayoutOutcome(key, PayoutState.FAILED, error=_reason(exc)))
+                outcome = PayoutOutcome(key, PayoutState.FAILED, error=_reason(exc))
+                return await self._finish(outcome, failure_kind=_error_type(exc) or "BuildFailed")
             if not policy.live_execution:
                 return await self._finish(PayoutOutcome(key, PayoutState.BUILT, unsigned_xdr=built.unsigned_xdr))
             if built.authorization is not None:
@@ -234,7 +238,8 @@ class PayoutWorkflow:
         if authorization is not None and await self._authorization_used(authorization):
             return await self._paid_elsewhere(key, authorization)
         return await self._finish(
-            PayoutOutcome(key, PayoutState.FAILED, error=f"{policy.max_attempts} attempts used; last: {self._error}")
+            PayoutOutcome(key, PayoutState.FAILED, error=f"{policy.max_attempts} attempts used; last: {self._error}"),
+            failure_kind="AttemptsExhausted",
         )
 
     async def _local(
@@ -380,7 +385,9 @@ class PayoutWorkflow:
             recorded=True,
         )
 
-    async def _finish(self, outcome: PayoutOutcome, *, recorded: bool = False) -> PayoutOutcome:
+    async def _finish(
+        self, outcome: PayoutOutcome, *, recorded: bool = False, count: bool = True, failure_kind: str | None = None
+    ) -> PayoutOutcome:
         if not recorded:
             await workflow.execute_local_activity_method(
                 RecordActivities.finish_payout, outcome, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
@@ -394,6 +401,9 @@ class PayoutWorkflow:
             last_error=outcome.error,
             upsert=True,
         )
+        if count:
+            metrics.record_outcome(outcome, self._asset, failure_kind)
+        workflow.logger.info("payout %s", outcome.state, extra={"tx_hash": outcome.tx_hash, "reason": outcome.error})
         if outcome.state == PayoutState.FAILED:
             # A failed workflow (not a completed one) is what lets ALLOW_DUPLICATE_FAILED_ONLY
             # start the key again; FAILED is only reached when no envelope can apply.
