@@ -28,7 +28,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import datetime, timedelta
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
@@ -66,6 +66,7 @@ class ApiSettings(TemporalSettings):
     PAYOUTS_API_KEYS: SecretStr
     PAYOUTS_API_HOST: str = "127.0.0.1"
     PAYOUTS_API_PORT: int = Field(default=8000, ge=1, le=65535)
+    PAYOUTS_LOG_FORMAT: Literal["text", "json"] = "text"
 
     @field_validator("PAYOUTS_API_KEYS")
     @classmethod

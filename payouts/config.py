@@ -40,7 +40,8 @@ class ConfigError(ValueError):
 class TemporalSettings(BaseSettings):
     """What a client of the engine (starter CLI, SDK user, API) needs: where Temporal is."""
 
-    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True)
+    # An empty variable counts as unset (docker-compose passes `VAR: ${VAR:-}` as "").
+    model_config = SettingsConfigDict(case_sensitive=True, extra="ignore", frozen=True, env_ignore_empty=True)
 
     TEMPORAL_ADDRESS: str = "localhost:7233"
     TEMPORAL_NAMESPACE: str = "default"

@@ -242,3 +242,40 @@ async def test_schemathesis_finds_nothing_wrong_with_the_served_openapi(
     report = output.decode(errors="replace")
     assert process.returncode == 0, report
     assert "passed" in report and "POST /api/payouts/create" in report, report
+
+
+async def test_the_documented_command_serves_the_api(temporal_client: Client, tmp_path: Path) -> None:
+    """``payouts-api`` as its own process, configured from the environment; without
+    ``PAYOUTS_API_KEYS`` it refuses to start, naming the variable."""
+    port = free_port()
+    env = {
+        "PATH": str(Path(sys.executable).parent),
+        "TEMPORAL_ADDRESS": temporal_client.service_client.config.target_host,
+        "PAYOUTS_API_PORT": str(port),
+        "PAYOUTS_LOG_FORMAT": "json",
+    }
+    command = str(Path(sys.executable).with_name("payouts-api"))
+    refused = await asyncio.create_subprocess_exec(command, env=env, stderr=asyncio.subprocess.PIPE)
+    _, stderr = await refused.communicate()
+    assert refused.returncode == 2 and b"PAYOUTS_API_KEYS: missing" in stderr, stderr
+    quiet = asyncio.subprocess.DEVNULL
+    process = await asyncio.create_subprocess_exec(
+        command, env={**env, "PAYOUTS_API_KEYS": API_KEY}, stdout=quiet, stderr=quiet
+    )
+    try:
+        async with aiohttp.ClientSession() as http:
+            api = Api(f"http://127.0.0.1:{port}", http)
+
+            async def up() -> bool | None:
+                try:
+                    return (await api.call("GET", "/healthz"))[0] == 200 or None
+                except aiohttp.ClientConnectionError:
+                    return None
+
+            assert await wait_for(up, "the API process", timeout=30)
+            status, document = await api.call("GET", "/openapi.json", key=None)
+            assert status == 200 and "/api/payouts/{key}/submit-signed" in document["paths"]
+            assert (await api.call("GET", "/api/payouts?limit=1"))[0] == 200
+    finally:
+        process.terminate()
+        await process.wait()
