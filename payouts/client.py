@@ -98,6 +98,8 @@ class PayoutClient:
                 id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
                 id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
                 memo={FINGERPRINT_MEMO: fingerprint},
+                # Shown in the Web UI's list and history: what the payout is, nothing secret.
+                static_summary=f"pay {request.amount} {request.asset} to {request.destination}",
                 search_attributes=TypedSearchAttributes(
                     [
                         SearchAttributePair(PAYOUT_STATUS, PayoutState.RECEIVED.value),

@@ -37,8 +37,6 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows import metrics
-
 with workflow.unsafe.imports_passed_through():
     from activities.chain import AUTHORIZATION_EXPIRED, NON_RETRYABLE, ChainActivities
     from activities.records import RecordActivities
@@ -57,6 +55,7 @@ with workflow.unsafe.imports_passed_through():
         SignatureInput,
     )
     from payouts.models import PayoutRequest, PayoutState, PayoutStatus
+    from workflows import metrics
 
 PAYOUT_STATUS = SearchAttributeKey.for_keyword("PayoutStatus")
 PAYOUT_ASSET = SearchAttributeKey.for_keyword("PayoutAsset")
@@ -122,7 +121,11 @@ class PayoutWorkflow:
     async def run(self, request: PayoutRequest) -> PayoutOutcome:
         key, self._asset = request.idempotency_key, request.asset
         start = await workflow.execute_local_activity_method(
-            RecordActivities.start_payout, request, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
+            RecordActivities.start_payout,
+            request,
+            start_to_close_timeout=DB_TIMEOUT,
+            retry_policy=DB_RETRY,
+            summary="record the payout (unique key)",
         )
         if start.confirmed is not None:
             return await self._finish(start.confirmed, count=False)  # counted by the run that paid
@@ -166,6 +169,7 @@ class PayoutWorkflow:
                     ),
                     retry_policy=BUILD_RETRY,
                     timeout=BUILD_TIMEOUT,
+                    summary=f"lease an account, build and simulate envelope (attempt {self._attempt})",
                 )
             except (ActivityError, ApplicationError) as exc:
                 # Fee above the cap or a failing simulation: nothing was signed or sent.
@@ -192,7 +196,9 @@ class PayoutWorkflow:
                 # The envelope leaves our hands here: the signer could submit it itself,
                 # so it is recorded now and is only ever replaced once provably dead.
                 await self._local(
-                    RecordActivities.record_envelope, RecordEnvelopeInput(key, self._attempt, built, built.unsigned_xdr)
+                    RecordActivities.record_envelope,
+                    RecordEnvelopeInput(key, self._attempt, built, built.unsigned_xdr),
+                    summary=f"record envelope {built.tx_hash[:16]}… before the signer sees it",
                 )
                 signed = await self._await_signature(built)
                 if signed is None:
@@ -249,6 +255,7 @@ class PayoutWorkflow:
         *,
         retry_policy: RetryPolicy = CHAIN_RETRY,
         timeout: timedelta = CHAIN_TIMEOUT,
+        summary: str | None = None,
     ) -> Any:
         return await workflow.execute_local_activity_method(
             activity,
@@ -256,6 +263,7 @@ class PayoutWorkflow:
             start_to_close_timeout=timeout,
             retry_policy=retry_policy,
             local_retry_threshold=LOCAL_RETRY_THRESHOLD,
+            summary=summary,
         )
 
     async def _settle_recorded(
@@ -300,6 +308,7 @@ class PayoutWorkflow:
                 start_to_close_timeout=timedelta(seconds=remaining) + SETTLE_SLACK,
                 heartbeat_timeout=max(SETTLE_HEARTBEAT, 3 * timedelta(milliseconds=policy.confirm_poll_ms)),
                 retry_policy=SETTLE_RETRY,
+                summary=f"{'send and confirm' if signed_xdr else 'look up'} envelope {built.tx_hash[:16]}…",
             )
         except ActivityError as exc:
             if isinstance(exc.cause, ApplicationError) and exc.cause.type == UNSETTLED_ENVELOPE:
@@ -371,7 +380,7 @@ class PayoutWorkflow:
             if isinstance(awaited, AuthorizationRequest)
             else SignatureInput(awaited.tx_hash, signed_xdr)
         )
-        reason: str | None = await self._local(ChainActivities.check_signature, check)
+        reason: str | None = await self._local(ChainActivities.check_signature, check, summary="check a signature")
         if reason is not None:
             self._status.last_error = f"signature rejected: {reason}"
         return reason
@@ -390,7 +399,11 @@ class PayoutWorkflow:
     ) -> PayoutOutcome:
         if not recorded:
             await workflow.execute_local_activity_method(
-                RecordActivities.finish_payout, outcome, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
+                RecordActivities.finish_payout,
+                outcome,
+                start_to_close_timeout=DB_TIMEOUT,
+                retry_policy=DB_RETRY,
+                summary=f"record the outcome: {outcome.state}",
             )
         self._set_state(
             PayoutState(outcome.state),
