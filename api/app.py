@@ -23,26 +23,37 @@ the input (a secret seed pasted into a field stays out of responses and logs).
 from __future__ import annotations
 
 import asyncio
-import hmac
 import time
 from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
-from datetime import datetime, timedelta
-from typing import Annotated, Any, Literal, TypeVar
+from datetime import timedelta
+from typing import Annotated, Literal, TypeVar
 
 from fastapi import Depends, FastAPI, Path, Query, Request, Security
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import APIKeyHeader, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
-from pydantic.alias_generators import to_camel
+from pydantic import Field, SecretStr, ValidationError, field_validator
 from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 
-from payouts.amounts import hide_secret_seeds
+from api.guards import ApiKeyGate, BodySizeLimit
+from api.schemas import (
+    ASSET_DOC,
+    ApiError,
+    CreatePayoutBody,
+    ErrorBody,
+    FieldError,
+    PayoutListItem,
+    PayoutStatusBody,
+    SubmitSignedAnswer,
+    SubmitSignedBody,
+    error_response,
+    field_errors,
+    summarize,
+)
 from payouts.assets import AssetError, validate_asset
 from payouts.client import MAX_LIST_LIMIT, PayoutClient, SignatureRejected
 from payouts.config import TemporalSettings, load
@@ -56,8 +67,6 @@ T = TypeVar("T")
 MAX_BODY_BYTES = MAX_SIGNED_XDR_CHARS + 4096  # the largest body is a signed XDR
 MAX_WAIT_SECONDS = 30
 QUERY_TIMEOUT = timedelta(seconds=10)  # a status query needs a worker to answer it
-# Request field names (the seed's) for PayoutRequest's own.
-_FIELD_NAMES = {"payout_id": "payoutId", "destination": "destinationAccount", "idempotency_key": "idempotencyKey"}
 
 
 class ApiSettings(TemporalSettings):
@@ -88,182 +97,6 @@ def load_api_settings(**overrides: object) -> ApiSettings:
     """API settings from the environment; :class:`~payouts.config.ConfigError` names every
     missing or invalid variable (never a key's value)."""
     return load(ApiSettings, **overrides)
-
-
-class _CamelModel(BaseModel):
-    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=False, frozen=True)
-
-
-def _documented(pattern: str, description: str) -> Any:
-    """A pattern for the OpenAPI document only: the field is checked by
-    :class:`~payouts.models.PayoutRequest`, whose messages say more than "should match
-    pattern" (and what no pattern can say: a StrKey's checksum, an amount above zero)."""
-    return {"pattern": pattern, "description": description}
-
-
-ASSET_DOC = _documented("^(XLM|USDC|[A-Za-z0-9]{1,12}:G[A-Z2-7]{55})$", "XLM, USDC or CODE:ISSUER")
-
-
-class CreatePayoutBody(_CamelModel):
-    model_config = ConfigDict(extra="forbid", strict=True, hide_input_in_errors=True)
-
-    payout_id: str = Field(alias="payoutId", max_length=128, json_schema_extra=_documented(
-        IDEMPOTENCY_KEY_PATTERN, "the platform's own ID for the payout"))  # fmt: skip
-    destination_account: str = Field(alias="destinationAccount", max_length=56, json_schema_extra=_documented(
-        "^[GC][A-Z2-7]{55}$", "G… account or C… contract (StrKey, valid checksum)"))  # fmt: skip
-    amount: str = Field(max_length=21, json_schema_extra=_documented(
-        r"^[0-9]{1,13}(\.[0-9]{1,7})?$", 'decimal string above zero, at most 7 places, e.g. "100.5"'))  # fmt: skip
-    asset: str = Field(default="XLM", max_length=69, json_schema_extra=ASSET_DOC)
-    idempotency_key: str = Field(
-        alias="idempotencyKey",
-        max_length=128,
-        pattern=IDEMPOTENCY_KEY_PATTERN,
-        description="the payout's workflow ID: the same request under it is the same payout",
-    )
-
-
-class SubmitSignedBody(_CamelModel):
-    model_config = ConfigDict(extra="forbid", strict=True, hide_input_in_errors=True)
-
-    signed_xdr: str = Field(alias="signedXdr", min_length=1, max_length=MAX_SIGNED_XDR_CHARS)
-
-
-class PayoutStatusBody(_CamelModel):
-    idempotency_key: str
-    state: PayoutState
-    attempt: int
-    unsigned_xdr: str | None
-    authorization_xdr: str | None
-    authorization_payload: str | None
-    tx_hash: str | None
-    fee_charged: int | None
-    ledger: int | None
-    last_error: str | None
-
-    @classmethod
-    def of(cls, key: str, status: PayoutStatus) -> PayoutStatusBody:
-        return cls.model_validate({"idempotency_key": key, **status.model_dump()}, by_name=True)
-
-
-class SubmitSignedAnswer(_CamelModel):
-    accepted: bool
-    status: PayoutStatusBody
-
-
-class PayoutListItem(_CamelModel):
-    idempotency_key: str
-    state: str | None
-    asset: str | None
-    execution_status: str
-    started_at: datetime
-    closed_at: datetime | None
-
-
-class FieldError(BaseModel):
-    field: str
-    message: str
-
-
-class ErrorBody(BaseModel):
-    error: str
-    errors: list[FieldError] = []
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, error: str, errors: list[FieldError] | None = None) -> None:
-        self.status, self.error, self.errors = status, error, errors or []
-
-
-def _error_response(status: int, error: str, errors: list[FieldError] | None = None) -> JSONResponse:
-    body = ErrorBody(error=hide_secret_seeds(error), errors=errors or [])
-    return JSONResponse(body.model_dump(), status_code=status)
-
-
-def _field_errors(errors: list[Any]) -> list[FieldError]:
-    found = []
-    for e in errors:
-        loc = [str(p) for p in e["loc"] if str(p) not in ("body", "query", "path", "header")]
-        if e["type"] == "json_invalid":  # its loc is the character position
-            loc = []
-        field = ".".join(_FIELD_NAMES.get(p, p) for p in loc) or "body"
-        found.append(FieldError(field=field, message=hide_secret_seeds(str(e["msg"]).removeprefix("Value error, "))))
-    return found
-
-
-def _summary(errors: list[FieldError]) -> str:
-    return "; ".join(f"{e.field}: {e.message}" for e in errors)
-
-
-class ApiKeyGate:
-    """401 for a request under ``/api`` without a valid key in ``X-API-Key`` or
-    ``Authorization: Bearer``, before its body is read. Every key is compared, in
-    constant time, whichever matches."""
-
-    def __init__(self, app: ASGIApp, keys: list[bytes]) -> None:
-        self.app, self.keys = app, keys
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and (scope["path"] == "/api" or scope["path"].startswith("/api/")):
-            headers = dict(scope["headers"])
-            given = headers.get(b"x-api-key")
-            scheme, _, token = headers.get(b"authorization", b"").partition(b" ")
-            if given is None and scheme.lower() == b"bearer":
-                given = token.strip()
-            if not given:
-                error = "authentication: send an API key in X-API-Key (or Authorization: Bearer)"
-            elif not any([hmac.compare_digest(given, key) for key in self.keys]):
-                error = "authentication: the API key is not valid"
-            else:
-                await self.app(scope, receive, send)
-                return
-            response = _error_response(401, error)
-            response.headers["WWW-Authenticate"] = "Bearer"
-            await response(scope, receive, send)
-            return
-        await self.app(scope, receive, send)
-
-
-class BodySizeLimit:
-    """Refuses a body over ``max_bytes`` with 413: at once if Content-Length says so,
-    otherwise once the bytes read pass the limit. The body is read here, before the
-    app sees it (the framework would turn an error raised while it reads into a 400)."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and (not declared.isdigit() or int(declared) > self.max_bytes):
-            await self._refuse(scope, receive, send)
-            return
-        body = bytearray()
-        while True:
-            message = await receive()
-            if message["type"] != "http.request":  # the client went away
-                return
-            body += message.get("body", b"")
-            if len(body) > self.max_bytes:
-                await self._refuse(scope, receive, send)
-                return
-            if not message.get("more_body", False):
-                break
-        replayed = False
-
-        async def replay() -> Message:
-            nonlocal replayed
-            if replayed:
-                return await receive()
-            replayed = True
-            return {"type": "http.request", "body": bytes(body), "more_body": False}
-
-        await self.app(scope, replay, send)
-
-    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = _error_response(413, f"request body: larger than {self.max_bytes} bytes")
-        await response(scope, receive, send)
 
 
 def _payouts(request: Request) -> PayoutClient:
@@ -307,19 +140,19 @@ def create_app(settings: ApiSettings, client: Client | None = None) -> FastAPI:
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return _error_response(exc.status, exc.error, exc.errors)
+        return error_response(exc.status, exc.error, exc.errors)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        errors = _field_errors(list(exc.errors()))
-        return _error_response(422, _summary(errors), errors)
+        errors = field_errors(list(exc.errors()))
+        return error_response(422, summarize(errors), errors)
 
     @app.exception_handler(HTTPException)
     async def _http(_: Request, exc: HTTPException) -> JSONResponse:
         if exc.status_code == 400:  # the framework could not parse the body
             problem = FieldError(field="body", message="not a JSON document (UTF-8)")
-            return _error_response(400, f"body: {problem.message}", [problem])
-        response = _error_response(exc.status_code, str(exc.detail))
+            return error_response(400, f"body: {problem.message}", [problem])
+        response = error_response(exc.status_code, str(exc.detail))
         response.headers.update(exc.headers or {})  # e.g. 405's Allow
         return response
 
@@ -343,8 +176,8 @@ def create_app(settings: ApiSettings, client: Client | None = None) -> FastAPI:
                 idempotency_key=body.idempotency_key,
             )
         except ValidationError as exc:
-            errors = _field_errors(exc.errors(include_input=False))
-            raise ApiError(422, _summary(errors), errors) from None
+            errors = field_errors(exc.errors(include_input=False))
+            raise ApiError(422, summarize(errors), errors) from None
         try:
             await _temporal(payouts.pay(request))
         except IdempotencyConflict as exc:
