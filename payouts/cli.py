@@ -108,12 +108,12 @@ def _parser() -> argparse.ArgumentParser:
     pay.add_argument("--key", required=True, help="idempotency key = workflow ID")
     pay.add_argument("--wait", action="store_true", help="wait for the outcome")
 
-    batch = commands.add_parser("batch", help="pay every row of a CSV or JSON-lines file (idempotent per row)")
-    batch.add_argument("file", type=Path, help="columns/fields: payout_id, destination, amount, asset, idempotency_key")
-    batch.add_argument("--wait-for-signatures", action="store_true",
-                       help="keep waiting for payouts awaiting an external signature")  # fmt: skip
-    batch.add_argument("--timeout", type=float, help="stop following after this many seconds")
-    batch.add_argument("--json", action="store_true", help="print the summary as JSON")
+    pay_file = commands.add_parser("batch", help="pay every row of a CSV or JSON-lines file (idempotent per row)")
+    pay_file.add_argument("file", type=Path, help="fields: payout_id, destination, amount, asset, idempotency_key")
+    pay_file.add_argument("--wait-for-signatures", action="store_true",
+                          help="keep waiting for payouts awaiting an external signature")  # fmt: skip
+    pay_file.add_argument("--timeout", type=float, help="stop following after this many seconds")
+    pay_file.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     status = commands.add_parser("status", help="show a payout's status")
     status.add_argument("key")

@@ -10,7 +10,8 @@ operating mode, each a separate process configured only by environment variables
   signs it with ``starter.py sign`` (playing the HSM, secret from a file) and hands it
   back with ``starter.py submit-signed``;
 - channels: ``starter.py channels ensure`` creates 4 channel accounts, and 8 payouts
-  started at once are carried by them, signed with the hot key.
+  started at once are carried by them, signed with the hot key; then ``starter.py batch``
+  pays a 20-row CSV file, and runs it again to show that nothing is paid twice.
 
 Payouts are started with the starter CLI, as an operator would. ``--keep-running`` keeps
 everything up afterwards so the payouts can be inspected in the Web UI.
@@ -106,7 +107,24 @@ async def _fund(url: str, *keypairs: Keypair) -> None:
         await asyncio.gather(*(fund(k) for k in keypairs))
 
 
-def _pay_through_channels(group: Processes, common: dict[str, str], source: Keypair, run: str) -> int:
+def _pay_a_file(env: dict[str, str], run: str, work: Path) -> int:
+    """``starter.py batch`` on a 20-row CSV, twice: the second run finds every payout
+    already confirmed and pays nothing. Returns the failures."""
+    winners = [Keypair.random() for _ in range(5)]
+    asyncio.run(_fund(env["SOROBAN_RPC_URL"], *winners))
+    lines = ["payout_id,destination,amount,asset,idempotency_key"]
+    lines += [f"round-{i},{winners[i % 5].public_key},{1 + i / 10:.1f},XLM,demo:{run}:batch:{i}" for i in range(20)]
+    path = work / "round.csv"
+    path.write_text("\n".join(lines) + "\n")
+    code, out, err = starter(env, "batch", str(path))
+    print(f"\n[batch] starter.py batch {path.name} → exit {code}\n{err.strip()}\n{out.strip()}")
+    again, out_again, _ = starter(env, "batch", str(path), "--json")
+    same = out_again and all(row["state"] == "CONFIRMED" for row in json.loads(out_again))
+    print(f"[batch] the same file again → exit {again}: every row already CONFIRMED, nothing paid twice: {bool(same)}")
+    return int(code != 0 or again != 0 or not same)
+
+
+def _pay_through_channels(group: Processes, common: dict[str, str], source: Keypair, run: str, work: Path) -> int:
     """Channels: the pool CLI creates 4 channel accounts, then 8 payouts started at once
     are carried by them (hot key authorizing each transfer). Returns the failures."""
     env = {
@@ -144,7 +162,7 @@ def _pay_through_channels(group: Processes, common: dict[str, str], source: Keyp
     print(f"[channels] 8 payouts started at once → {confirmed} CONFIRMED, in ledgers {ledgers}")
     code, out, err = starter(env, "channels", "list")
     print(f"[channels] starter.py channels list → exit {code}\n{out.strip() or err.strip()}")
-    return int(confirmed != len(winners))
+    return int(confirmed != len(winners)) + _pay_a_file(env, run, work)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -281,7 +299,7 @@ def main(argv: list[str] | None = None) -> None:
             time.sleep(0.5)
         print(f"[external] final status:\n{json.dumps(status, indent=2)}")
         failures += status.get("state") != "CONFIRMED"
-        failures += _pay_through_channels(group, common, source, run)
+        failures += _pay_through_channels(group, common, source, run, work)
 
         print(
             f"\nTemporal Web UI: http://127.0.0.1:{ui_port}/namespaces/default/workflows?query=PayoutStatus%3D%22CONFIRMED%22"
