@@ -20,10 +20,16 @@ external, channels            the channel's key          auth entry signed by th
 ============================  =========================  ====================================
 
 With channels, the signed authorization entry, not the envelope, is what pays: its nonce
-lets at most one transaction use it. A payout keeps carrying the same signed entry in new
-envelopes until it is ``used`` or ``expired`` (:meth:`ChainActivities.authorization_state`)
-and only then asks for a new one, so an entry that leaked (a dead envelope is public) can
-never pay a second time.
+lets at most one transaction use it. An authorization is recorded in the DB before it
+leaves the worker (:mod:`payouts.authorization_store`), a key has at most one that may
+still pay, and a payout keeps carrying the same signed entry in new envelopes until its
+nonce is provably ``used`` or provably ``unused`` past its expiration
+(:meth:`ChainActivities.authorization_state`); only then is a new one asked for, so an
+entry that leaked (a dead envelope is public) can never pay a second time.
+
+Before anything is built or authorized, the key is checked against the DB's record of
+payments (:func:`payouts.db.payment_of`): a key that paid gets nothing new, whatever the
+workflow's history says.
 """
 
 from __future__ import annotations
@@ -33,41 +39,47 @@ import logging
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy.engine import Engine
-from stellar_sdk import Account, Address, Keypair, TransactionEnvelope
+from stellar_sdk import Account, Keypair, TransactionEnvelope
 from stellar_sdk import xdr as x
-from stellar_sdk.exceptions import PrepareTransactionException
+from stellar_sdk.exceptions import PrepareTransactionException, SorobanRpcErrorResponse
 from stellar_sdk.soroban_rpc import GetFeeStatsResponse
 from stellar_sdk.soroban_server_async import SorobanServerAsync
 from temporalio import activity
-from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+from temporalio.exceptions import ApplicationError
 
-from payouts import leases
+from activities.failures import (
+    AUTHORIZATION_EXPIRED,
+    FEE_CAP_EXCEEDED,
+    NO_FREE_ACCOUNT,
+    SIGNATURE_REJECTED,
+    SIMULATION_FAILED,
+    already_paid,
+    no_free_account,
+)
+from payouts import authorization_store, db, leases
 from payouts.assets import resolve_asset
 from payouts.authorization import (
+    NonceState,
     authorization_payload,
     check_signed_authorization,
+    consumes_nonce,
+    nonce_key,
+    nonce_state,
     sign_entry,
     unsigned_authorization,
+    unused_through_after_absence,
     with_authorization,
 )
 from payouts.channels import ChannelKeys
 from payouts.config import PayoutSettings
 from payouts.envelopes import EnvelopeError, build_payout_transaction, check_signed_envelope
-from payouts.messages import AuthorizationRequest, BuildEnvelopeInput, BuiltEnvelope, SignatureInput
+from payouts.errors import AlreadyPaid
+from payouts.messages import AuthorizationRequest, BuildEnvelopeInput, BuiltEnvelope, NonceReport, SignatureInput
 
 log = logging.getLogger("payouts.activities.chain")
-
-FEE_CAP_EXCEEDED = "FeeCapExceeded"
-SIMULATION_FAILED = "SimulationFailed"
-SIGNATURE_REJECTED = "SignatureRejected"
-NO_FREE_ACCOUNT = "NoFreeAccount"  # retryable: the workflow waits for a lease
-# The signed authorization a payout carries expired before a channel could carry it: the
-# payout asks for a new one (its simulation would fail; the payout has not failed).
-AUTHORIZATION_EXPIRED = "AuthorizationExpired"
-NON_RETRYABLE = [FEE_CAP_EXCEEDED, SIMULATION_FAILED, SIGNATURE_REJECTED, AUTHORIZATION_EXPIRED]
 
 BASE_INCLUSION_FEE = 100
 # An authorization entry stays valid this many ledgers per second of the envelope's
@@ -83,6 +95,42 @@ LEASE_WAIT_SECONDS = 5.0
 # A waiting payout asks the DB again this often: leases released by other processes are
 # only seen this way. A release in this process hands the lease on at once.
 LEASE_POLL_SECONDS = 0.5
+# The network's configuration (minimum temporary TTL, ledger close target) changes only by
+# a network upgrade: read at most this often.
+NETWORK_PARAMETERS_MAX_AGE_SECONDS = 600.0
+# When the RPC does not serve them: stellar-core's 5 s ledger target, and a TTL of one
+# ledger (the most conservative: an absence then proves nothing once the nonce expired).
+FALLBACK_LEDGER_CLOSE_MS = 5_000
+FALLBACK_MIN_TEMPORARY_TTL = 1
+# A signature must arrive this long before the envelope's bound, in ledgers of the
+# network's cadence plus slack: stellar-core refuses (txTOO_LATE) an envelope whose bound
+# is less than about two ledgers after the last close (see settle_envelope).
+SIGNING_MARGIN_LEDGERS = 3
+SIGNING_MARGIN_SLACK_SECONDS = 5
+HISTORY_PAGE = 200
+
+
+@dataclass(frozen=True)
+class NetworkParameters:
+    """What the engine reads of the network's configuration (CONFIG_SETTING entries)."""
+
+    min_temporary_ttl: int
+    ledger_close_ms: int
+
+    def signing_margin_seconds(self) -> int:
+        return -(-SIGNING_MARGIN_LEDGERS * self.ledger_close_ms // 1000) + SIGNING_MARGIN_SLACK_SECONDS
+
+
+def _recheck_seconds(latest: int, valid_until: int, network: NetworkParameters) -> int:
+    """When to look at a live nonce again: once it has expired if that is near, and never
+    later than half its minimum TTL from now, so the next absence still proves it unused
+    (a later look needs a search of the ledger history)."""
+    ledgers = max(1, min(valid_until + 1 - latest, max(network.min_temporary_ttl // 2, 1)))
+    return max(1, -(-ledgers * network.ledger_close_ms // 1000))
+
+
+def _config_setting_key(setting: x.ConfigSettingID) -> x.LedgerKey:
+    return x.LedgerKey(x.LedgerEntryType.CONFIG_SETTING, config_setting=x.LedgerKeyConfigSetting(setting))
 
 
 def _require_unexpired(entry: x.SorobanAuthorizationEntry, latest_ledger: int) -> None:
@@ -119,6 +167,7 @@ class ChainActivities:
         self._waiting: deque[asyncio.Event] = deque()
         self._fee_stats: tuple[float, GetFeeStatsResponse] | None = None
         self._hot: Keypair | None = None
+        self._network_parameters: tuple[float, NetworkParameters] | None = None
 
     # -- leases ------------------------------------------------------------------------
 
@@ -149,12 +198,7 @@ class ChainActivities:
                         return account
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
-                    # Benign: logged at DEBUG, not counted as a failure; the retry policy waits.
-                    raise ApplicationError(
-                        "every source account is leased",
-                        type=NO_FREE_ACCOUNT,
-                        category=ApplicationErrorCategory.BENIGN,
-                    )
+                    raise no_free_account("every source account is leased")
                 try:
                     await asyncio.wait_for(
                         turn.wait(), timeout=min(remaining, LEASE_POLL_SECONDS) if first else remaining
@@ -189,6 +233,7 @@ class ChainActivities:
         if not settings.PAYOUTS_LIVE_EXECUTION:
             # Build-only: nothing will be sent by us, so nothing is leased.
             return await self._build(request, settings.PAYOUT_SOURCE_ACCOUNT, validity)
+        await self._refuse_if_paid(request.idempotency_key)
         account = await self._lease(request.idempotency_key, validity)
         try:
             return await self._build(request, account, validity)
@@ -196,6 +241,12 @@ class ChainActivities:
             if exc.type != NO_FREE_ACCOUNT and exc.non_retryable:
                 await self._release(account, request.idempotency_key)
             raise
+
+    async def _refuse_if_paid(self, key: str) -> None:
+        """Nothing is built or authorized for a key the DB knows as paid (AlreadyPaid)."""
+        paid = await asyncio.to_thread(db.payment_of, self.engine, key)
+        if paid is not None:
+            raise already_paid(AlreadyPaid(key, paid.tx_hash))
 
     async def _build(self, request: BuildEnvelopeInput, account: str, validity: int) -> BuiltEnvelope:
         settings = self.settings
@@ -215,11 +266,7 @@ class ChainActivities:
             log.warning("channel %s taken out of rotation: %s", account, note)
             await asyncio.to_thread(leases.take_out_of_rotation, self.engine, account, note)
             await self._release(account, request.idempotency_key)
-            raise ApplicationError(
-                f"channel {account} is out of rotation: {note}",
-                type=NO_FREE_ACCOUNT,
-                category=ApplicationErrorCategory.BENIGN,
-            )
+            raise no_free_account(f"channel {account} is out of rotation: {note}")
         if state is None:
             raise ApplicationError(f"account {account} does not exist", type=SIMULATION_FAILED, non_retryable=True)
         # Bid what recent ledgers charged (p90), so a fee surge does not strand the
@@ -231,17 +278,20 @@ class ChainActivities:
             validity,
             max(BASE_INCLUSION_FEE, stats.soroban_inclusion_fee.p90),
         )
-        authorization = None
+        nonce = None
         if channel:
+            # The payout account's authorization (recorded, signed: request_authorization).
             if request.signed_authorization is None:
-                authorization = self._authorization(envelope, stats.latest_ledger, validity, sign=True)
-                assert authorization.signed_entry_xdr is not None
-                signed_entry = authorization.signed_entry_xdr
-            else:
-                signed_entry = request.signed_authorization
-            entry = x.SorobanAuthorizationEntry.from_xdr(signed_entry)
+                raise ApplicationError(
+                    "a channel carries a signed authorization of the payout account; none was given",
+                    type=SIMULATION_FAILED,
+                    non_retryable=True,
+                )
+            entry = x.SorobanAuthorizationEntry.from_xdr(request.signed_authorization)
             _require_unexpired(entry, stats.latest_ledger)
             envelope = with_authorization(envelope, payer, entry)
+            credentials = entry.credentials.address or entry.credentials.address_v2
+            nonce = credentials.nonce.int64 if credentials is not None else None
         prepared = await self._simulate(envelope)
         tx = prepared.transaction
         if tx.fee > settings.PAYOUTS_MAX_GAS_STROOPS:
@@ -260,6 +310,7 @@ class ChainActivities:
         elif settings.PAYOUTS_SIGN_WITH_HOT_KEY and settings.PAYOUTS_LIVE_EXECUTION:
             prepared.sign(self._hot_keypair())
             signed_xdr = prepared.to_xdr()
+        network = await self._network()
         return BuiltEnvelope(
             unsigned_xdr=unsigned_xdr,
             tx_hash=prepared.hash_hex(),
@@ -269,20 +320,62 @@ class ChainActivities:
             fee=tx.fee,
             resource_fee=tx.soroban_data.resource_fee.int64,
             built_at_ledger=stats.latest_ledger,
+            sign_by=bounds.max_time - network.signing_margin_seconds(),
             signed_xdr=signed_xdr,
-            authorization=authorization,
+            auth_nonce=nonce,
         )
+
+    # -- authorizations (channels) -----------------------------------------------------
 
     @activity.defn
     async def request_authorization(self, request: BuildEnvelopeInput) -> AuthorizationRequest:
-        """Channels with an external signer: the payout account's authorization entry to be
-        signed. Nothing is leased: a channel is leased only to carry a signed authorization."""
+        """Channels: the payout account's authorization for this payout, recorded in the DB
+        before it leaves the worker; signed here with the hot key, or to be signed by the
+        external signer. The key's unsettled authorization, if it has one, instead of a new
+        one. Nothing is leased: a channel is leased only to carry a signed authorization."""
         settings = self.settings
-        window = settings.PAYOUTS_SIGNATURE_WINDOW_SECONDS
+        payer = settings.PAYOUT_SOURCE_ACCOUNT
+        hot = not request.external_signing
+        window = settings.PAYOUTS_ENVELOPE_TTL_SECONDS if hot else settings.PAYOUTS_SIGNATURE_WINDOW_SECONDS
+        await self._refuse_if_paid(request.idempotency_key)
         # The carrier does not matter to the entry: any channel, any sequence.
         envelope = self._payout_transaction(request, Account(self.keys.pool.accounts[0], 0), window)
         latest = (await self.rpc.get_latest_ledger()).sequence
-        return self._authorization(envelope, latest, window, sign=False)
+        fresh = self._authorization(envelope, latest, window, sign=hot)
+        try:
+            recorded = await asyncio.to_thread(
+                authorization_store.record,
+                self.engine,
+                request.idempotency_key,
+                payer,
+                fresh.nonce,
+                fresh.entry_xdr,
+                fresh.valid_until_ledger,
+                fresh.expires_at,
+                latest,
+                fresh.signed_entry_xdr,
+            )
+        except AlreadyPaid as exc:
+            raise already_paid(exc) from None
+        if recorded.nonce == fresh.nonce:
+            return replace(fresh, unused_through_ledger=recorded.unused_through_ledger)
+        # The key's earlier authorization (an earlier or reset run): the same nonce again.
+        entry = x.SorobanAuthorizationEntry.from_xdr(recorded.entry_xdr)
+        signed = recorded.signed_entry_xdr
+        if signed is None and hot:
+            signed = sign_entry(
+                entry, self._hot_keypair(), recorded.valid_until_ledger, settings.STELLAR_NETWORK_PASSPHRASE
+            ).to_xdr()
+            await asyncio.to_thread(authorization_store.record_signature, self.engine, payer, recorded.nonce, signed)
+        return AuthorizationRequest(
+            entry_xdr=recorded.entry_xdr,
+            payload_hex=authorization_payload(entry, settings.STELLAR_NETWORK_PASSPHRASE).hex(),
+            nonce=recorded.nonce,
+            valid_until_ledger=recorded.valid_until_ledger,
+            expires_at=recorded.sign_by,
+            signed_entry_xdr=signed,
+            unused_through_ledger=recorded.unused_through_ledger,
+        )
 
     def _authorization(
         self, envelope: TransactionEnvelope, latest_ledger: int, window: int, *, sign: bool
@@ -305,25 +398,89 @@ class ChainActivities:
             valid_until_ledger=valid_until,
             expires_at=int(time.time()) + window,
             signed_entry_xdr=signed,
+            unused_through_ledger=latest_ledger,
         )
 
     @activity.defn
-    async def authorization_state(self, authorization: AuthorizationRequest) -> str:
-        """``used`` (a transaction consumed its nonce: the payout was made), ``expired``
-        (past its last ledger, unused: it can never be used), or ``live``."""
+    async def authorization_state(self, authorization: AuthorizationRequest) -> NonceReport:
+        """What can be proven about the authorization's nonce, recorded in the DB:
+
+        - ``used``: its entry exists (a transaction consumed it: the payout was made);
+        - ``live``/``unused``: absent, read while a use could not yet have expired (see
+          :func:`payouts.authorization.unused_through_after_absence`): unused so far, and
+          ``unused`` once past its expiration ledger;
+        - otherwise the ledgers not yet proven are searched in the RPC's transaction
+          history for the use (``used``, with the transaction) or its absence
+          (``unused``); ``unknown`` when that history no longer reaches them.
+
+        An absence alone never proves a nonce unused once its entry may have expired.
+        """
         payer = self.settings.PAYOUT_SOURCE_ACCOUNT
-        key = x.LedgerKey(
-            x.LedgerEntryType.CONTRACT_DATA,
-            contract_data=x.LedgerKeyContractData(
-                contract=Address(payer).to_xdr_sc_address(),
-                key=x.SCVal(x.SCValType.SCV_LEDGER_KEY_NONCE, nonce_key=x.SCNonceKey(x.Int64(authorization.nonce))),
-                durability=x.ContractDataDurability.TEMPORARY,
-            ),
-        )
-        found = await self.rpc.get_ledger_entries([key])
+        network = await self._network()
+        found = await self.rpc.get_ledger_entries([nonce_key(payer, authorization.nonce)])
+        unused_through, valid_until = authorization.unused_through_ledger, authorization.valid_until_ledger
         if found.entries:
-            return "used"
-        return "expired" if found.latest_ledger > authorization.valid_until_ledger else "live"
+            used_ledger = found.entries[0].last_modified_ledger
+            used_by = await self._find_nonce_use(authorization.nonce, used_ledger, used_ledger)
+            report = NonceReport(NonceState.USED.value, unused_through, used_ledger, used_by and used_by[0])
+        else:
+            proven = unused_through_after_absence(
+                unused_through, valid_until, found.latest_ledger, network.min_temporary_ttl
+            )
+            if proven is not None:
+                report = NonceReport(
+                    nonce_state(proven, valid_until).value,
+                    proven,
+                    recheck_seconds=_recheck_seconds(found.latest_ledger, valid_until, network),
+                )
+            else:
+                report = await self._settle_from_history(authorization, min(found.latest_ledger, valid_until))
+        await asyncio.to_thread(
+            authorization_store.observe,
+            self.engine,
+            payer,
+            authorization.nonce,
+            NonceState(report.state),
+            report.unused_through_ledger,
+            used_ledger=report.used_ledger,
+            used_tx_hash=report.used_tx_hash,
+        )
+        return report
+
+    async def _settle_from_history(self, authorization: AuthorizationRequest, through: int) -> NonceReport:
+        """Search ledgers (unused_through, ``through``] for a use of the nonce."""
+        first = authorization.unused_through_ledger + 1
+        health = await self.rpc.get_health()
+        if health.oldest_ledger > first:
+            log.warning(
+                "nonce %s: ledgers %d..%d are outside the RPC's history (oldest %d): its use cannot be settled",
+                authorization.nonce, first, through, health.oldest_ledger,
+            )  # fmt: skip
+            return NonceReport(NonceState.UNKNOWN.value, authorization.unused_through_ledger)
+        used = await self._find_nonce_use(authorization.nonce, first, through)
+        if used is not None:
+            tx_hash, ledger = used
+            return NonceReport(NonceState.USED.value, authorization.unused_through_ledger, ledger, tx_hash)
+        return NonceReport(nonce_state(through, authorization.valid_until_ledger).value, through)
+
+    async def _find_nonce_use(self, nonce: int, first: int, last: int) -> tuple[str, int] | None:
+        """The successful transaction in ledgers ``first``..``last`` that consumed the payout
+        account's ``nonce`` (its meta creates the nonce entry), with its ledger."""
+        payer = self.settings.PAYOUT_SOURCE_ACCOUNT
+        try:
+            page = await self.rpc.get_transactions(start_ledger=first, limit=HISTORY_PAGE)
+        except SorobanRpcErrorResponse as exc:
+            log.warning("getTransactions from ledger %d: %s", first, exc.message)
+            return None
+        while True:
+            for tx in page.transactions:
+                if tx.ledger > last:
+                    return None
+                if tx.status == "SUCCESS" and consumes_nonce(tx.result_meta_xdr, payer, nonce):
+                    return tx.transaction_hash, tx.ledger
+            if len(page.transactions) < HISTORY_PAGE:
+                return None
+            page = await self.rpc.get_transactions(cursor=page.cursor, limit=HISTORY_PAGE)
 
     def _payout_transaction(
         self, request: BuildEnvelopeInput, source: Account, validity: int, base_fee: int = BASE_INCLUSION_FEE
@@ -362,6 +519,34 @@ class ChainActivities:
             self._fee_stats = (now, await self.rpc.get_fee_stats())
         return self._fee_stats[1]
 
+    async def _network(self) -> NetworkParameters:
+        """The network's minimum temporary TTL and ledger close target, from its
+        CONFIG_SETTING entries (STATE_ARCHIVAL, SCP_TIMING), read at most every
+        :data:`NETWORK_PARAMETERS_MAX_AGE_SECONDS`; conservative fallbacks when the RPC
+        does not serve them."""
+        now = time.monotonic()
+        if (
+            self._network_parameters is not None
+            and now - self._network_parameters[0] < NETWORK_PARAMETERS_MAX_AGE_SECONDS
+        ):
+            return self._network_parameters[1]
+        keys = [
+            _config_setting_key(x.ConfigSettingID.CONFIG_SETTING_STATE_ARCHIVAL),
+            _config_setting_key(x.ConfigSettingID.CONFIG_SETTING_SCP_TIMING),
+        ]
+        min_ttl, close_ms = FALLBACK_MIN_TEMPORARY_TTL, FALLBACK_LEDGER_CLOSE_MS
+        for item in (await self.rpc.get_ledger_entries(keys)).entries or []:
+            setting = x.LedgerEntryData.from_xdr(item.xdr).config_setting
+            if setting is None:
+                continue
+            if setting.state_archival_settings is not None:
+                min_ttl = setting.state_archival_settings.min_temporary_ttl.uint32
+            if setting.contract_scp_timing is not None:
+                close_ms = setting.contract_scp_timing.ledger_target_close_time_milliseconds.uint32
+        parameters = NetworkParameters(min_ttl, close_ms)
+        self._network_parameters = (now, parameters)
+        return parameters
+
     def _hot_keypair(self) -> Keypair:
         if self._hot is None:
             secret = self.settings.PAYOUT_HOT_SIGNER_SECRET
@@ -394,7 +579,8 @@ class ChainActivities:
 
     @activity.defn
     async def check_signature(self, signature: SignatureInput) -> str | None:
-        """None when ``signed_xdr`` is what was handed out, signed well enough; else the reason."""
+        """None when ``signed_xdr`` is what was handed out, signed well enough; else the reason.
+        A good signature of an authorization entry is recorded with it."""
         settings = self.settings
         payer = settings.PAYOUT_SOURCE_ACCOUNT
         state = await self._account_state(payer)
@@ -402,12 +588,22 @@ class ChainActivities:
             return f"source account {payer} does not exist"
         try:
             if signature.authorization is not None:
-                check_signed_authorization(
+                signed = check_signed_authorization(
                     signature.signed_xdr,
                     x.SorobanAuthorizationEntry.from_xdr(signature.authorization),
                     settings.STELLAR_NETWORK_PASSPHRASE,
                     state.signer_weights,
                     state.medium_threshold,
+                )
+                # Kept, so that a later run carries it instead of asking the signer again.
+                credentials = signed.credentials.address or signed.credentials.address_v2
+                assert credentials is not None
+                await asyncio.to_thread(
+                    authorization_store.record_signature,
+                    self.engine,
+                    payer,
+                    credentials.nonce.int64,
+                    signature.signed_xdr,
                 )
             else:
                 check_signed_envelope(

@@ -10,14 +10,20 @@ Temporal's history of that run is gone) or envelopes that were sent and never se
 from __future__ import annotations
 
 from sqlalchemy.engine import Engine
+from stellar_sdk import xdr as x
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from payouts import db, leases
+from activities.failures import IDEMPOTENCY_CONFLICT, already_paid
+from payouts import authorization_store, db, leases
+from payouts.authorization import NonceState, authorization_payload
 from payouts.channels import ChannelKeys
 from payouts.config import PayoutSettings
-from payouts.errors import IdempotencyConflict
+from payouts.errors import AlreadyPaid, IdempotencyConflict
 from payouts.messages import (
+    AuthorizationRequest,
+    ParkedItem,
+    ParkResolution,
     PayoutOutcome,
     PayoutPolicy,
     PayoutStart,
@@ -25,8 +31,6 @@ from payouts.messages import (
     RecordEnvelopeInput,
 )
 from payouts.models import PayoutRequest, PayoutState
-
-IDEMPOTENCY_CONFLICT = "IdempotencyConflict"
 
 
 class RecordActivities:
@@ -52,46 +56,81 @@ class RecordActivities:
         except IdempotencyConflict as exc:
             raise ApplicationError(str(exc), type=IDEMPOTENCY_CONFLICT, non_retryable=True) from None
         key = request.idempotency_key
+        paid = db.payment_of(self.engine, key)
         envelopes = db.envelopes_of(self.engine, key)
-        paid = next((e for e in envelopes if e.status == db.EnvelopeStatus.CONFIRMED), None)
-        confirmed = (
-            PayoutOutcome(
-                key, PayoutState.CONFIRMED, tx_hash=paid.tx_hash, ledger=paid.ledger, fee_charged=paid.fee_charged
-            )
-            if paid is not None
-            else None
-        )
         unsettled = [
-            RecordedEnvelope(e.tx_hash, e.envelope_xdr, e.source_account, e.sequence, e.max_time, e.attempt)
+            RecordedEnvelope(
+                e.tx_hash, e.envelope_xdr, e.source_account, e.sequence, e.max_time, e.attempt, e.built_at_ledger
+            )
             for e in envelopes
             if e.status in (db.EnvelopeStatus.QUEUED, db.EnvelopeStatus.SUBMITTED)
         ]
+        authorizations = authorization_store.unsettled(self.engine, key)
         return PayoutStart(
             policy=self.policy(),
-            confirmed=confirmed,
+            confirmed=None if paid is None else self._paid(key, paid),
             unsettled=unsettled,
             attempts_used=max((e.attempt for e in envelopes), default=0),
+            authorization=self._authorization(authorizations[-1]) if authorizations else None,
+        )
+
+    def _authorization(self, record: authorization_store.AuthorizationRecord) -> AuthorizationRequest:
+        entry = x.SorobanAuthorizationEntry.from_xdr(record.entry_xdr)
+        return AuthorizationRequest(
+            entry_xdr=record.entry_xdr,
+            payload_hex=authorization_payload(entry, self.settings.STELLAR_NETWORK_PASSPHRASE).hex(),
+            nonce=record.nonce,
+            valid_until_ledger=record.valid_until_ledger,
+            expires_at=record.sign_by,
+            signed_entry_xdr=record.signed_entry_xdr,
+            unused_through_ledger=record.unused_through_ledger,
+        )
+
+    @staticmethod
+    def _paid(key: str, paid: db.Payment) -> PayoutOutcome:
+        return PayoutOutcome(
+            key,
+            PayoutState.CONFIRMED,
+            tx_hash=paid.tx_hash,
+            ledger=paid.ledger,
+            fee_charged=paid.fee_charged,
+            error=None
+            if paid.tx_hash
+            else "paid by a transaction this engine did not send, carrying its authorization",
         )
 
     @activity.defn
     def record_envelope(self, recorded: RecordEnvelopeInput) -> None:
         built = recorded.envelope
-        db.record_envelope(
-            self.engine,
-            recorded.idempotency_key,
-            recorded.attempt,
-            built.tx_hash,
-            recorded.signed_xdr,
-            built.source_account,
-            built.sequence,
-            built.max_time,
-        )
+        try:
+            db.record_envelope(
+                self.engine,
+                recorded.idempotency_key,
+                recorded.attempt,
+                built.tx_hash,
+                recorded.signed_xdr,
+                built.source_account,
+                built.sequence,
+                built.max_time,
+                built_at_ledger=built.built_at_ledger,
+                auth_nonce=built.auth_nonce,
+            )
+        except AlreadyPaid as exc:
+            leases.release(self.engine, built.source_account, recorded.idempotency_key)
+            raise already_paid(exc) from None
 
     @activity.defn
-    def finish_payout(self, outcome: PayoutOutcome) -> None:
+    def finish_payout(self, outcome: PayoutOutcome) -> PayoutOutcome:
         """Record the outcome and free any lease the payout still holds (its envelopes are
-        all settled by now, e.g. one built and never sent because an older one paid)."""
+        all settled by now, e.g. one built and never sent because an older one paid).
+
+        Returns what the DB holds: a run that would end FAILED or BUILT for a key the DB
+        knows as paid (a reset or stale run) ends CONFIRMED with that payment instead."""
         leases.release_all(self.engine, outcome.idempotency_key)
+        if outcome.state != PayoutState.CONFIRMED:
+            paid = db.payment_of(self.engine, outcome.idempotency_key)
+            if paid is not None:
+                return self._paid(outcome.idempotency_key, paid)
         db.set_payout_state(
             self.engine,
             outcome.idempotency_key,
@@ -100,4 +139,45 @@ class RecordActivities:
             ledger=outcome.ledger,
             fee_charged=outcome.fee_charged,
             error=outcome.error,
+        )
+        return outcome
+
+    @activity.defn
+    def park_payout(self, item: ParkedItem) -> PayoutOutcome | None:
+        """Record the payout PARKED with the reason; the DB's payment instead, if it has one."""
+        paid = db.payment_of(self.engine, item.idempotency_key)
+        if paid is not None:
+            return self._paid(item.idempotency_key, paid)
+        db.set_payout_state(self.engine, item.idempotency_key, PayoutState.PARKED, error=item.reason)
+        return None
+
+    @activity.defn
+    def resolve_parked(self, resolution: ParkResolution) -> PayoutOutcome | None:
+        """Record an operator's answer for a parked payout. Paid: the payout is CONFIRMED
+        with that transaction (returned). Not paid: the parked envelope is expired, the
+        authorization unused, and the payout goes on (None)."""
+        item, key, paid_by = resolution.item, resolution.item.idempotency_key, resolution.paid_tx_hash
+        payer = self.settings.PAYOUT_SOURCE_ACCOUNT
+        if paid_by is None:
+            note = "an operator found it never applied"
+            if item.tx_hash is not None:
+                db.mark_envelope(self.engine, item.tx_hash, db.EnvelopeStatus.EXPIRED, error=note)
+            if item.nonce is not None and item.valid_until_ledger is not None:
+                authorization_store.observe(self.engine, payer, item.nonce, NonceState.UNUSED, item.valid_until_ledger)
+            db.set_payout_state(self.engine, key, PayoutState.RECEIVED, error=f"resumed: {note}")
+            return None
+        note = f"an operator found the payout paid by transaction {paid_by}"
+        if item.tx_hash is not None:
+            status = db.EnvelopeStatus.CONFIRMED if item.tx_hash == paid_by else db.EnvelopeStatus.EXPIRED
+            db.mark_envelope(self.engine, item.tx_hash, status, error=note)
+        if item.nonce is not None:
+            authorization_store.observe(self.engine, payer, item.nonce, NonceState.USED, 0, used_tx_hash=paid_by)
+        db.set_payout_state(self.engine, key, PayoutState.CONFIRMED, tx_hash=paid_by, error=note)
+        return PayoutOutcome(key, PayoutState.CONFIRMED, tx_hash=paid_by, error=note)
+
+    @activity.defn
+    def resume_payout(self, item: ParkedItem) -> None:
+        """A parked payout settled after all: in flight again (RECEIVED) in the DB."""
+        db.set_payout_state(
+            self.engine, item.idempotency_key, PayoutState.RECEIVED, error=f"resumed after: {item.reason}"
         )

@@ -14,8 +14,10 @@ The rules it keeps (shared/DESIGN.md §4):
 - promise 4: ``TRY_AGAIN_LATER``, errors and lost responses are not failures: the
   envelope is looked up, then sent again;
 - promise 2: NOT_FOUND settles the envelope as dead only from an RPC whose latest ledger
-  closed after the envelope's ``max_time`` and whose retention still reaches back to
-  ``since_ledger`` (a ledger the envelope cannot predate);
+  closed after the envelope's ``max_time`` and whose retention still reaches back to the
+  ledger after ``built_at_ledger`` (the envelope can be in no earlier one; recorded with
+  it in the DB, so a later run judges it the same way). Past its bound but outside the
+  RPC's history, the answer is UNKNOWN: never death; the payout parks for an operator;
 - promise 5: the lease on the envelope's source account is released only once the
   envelope is settled.
 """
@@ -26,6 +28,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import replace
 
 from sqlalchemy.engine import Engine
 from stellar_sdk import xdr as x
@@ -36,13 +39,16 @@ from stellar_sdk.soroban_server_async import SorobanServerAsync
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.failures import UNSETTLED_ENVELOPE, already_paid
 from payouts import db, leases
-from payouts.messages import EnvelopeLookup, SettleInput
+from payouts.errors import AlreadyPaid
+from payouts.messages import BuiltEnvelope, EnvelopeLookup, SettleInput
 from payouts.models import PayoutState
 
 log = logging.getLogger("payouts.activities.settlement")
 
-UNSETTLED_ENVELOPE = "UnsettledEnvelope"  # non-retryable: settle the recorded one first
+# EnvelopeLookup.status beyond getTransaction's: past its bound, outside the RPC's history.
+UNKNOWN = "UNKNOWN"
 # A lookup by hash can only change once a ledger closes, so a poll is skipped while no new
 # ledger has closed; at least every this many polls it looks anyway (belt and braces).
 MAX_SKIPPED_POLLS = 8
@@ -81,10 +87,16 @@ class LedgerWatch:
             await asyncio.sleep(LEDGER_WATCH_INTERVAL_SECONDS)
 
 
-def is_provably_dead(lookup: EnvelopeLookup, max_time: int, since_ledger: int) -> bool:
+def past_bound(lookup: EnvelopeLookup, max_time: int) -> bool:
+    """NOT_FOUND from an RPC whose latest ledger closed after the envelope's bound: no
+    ledger from now on can include it."""
+    return lookup.status == "NOT_FOUND" and lookup.latest_close_time > max_time
+
+
+def is_provably_dead(lookup: EnvelopeLookup, max_time: int, built_at_ledger: int) -> bool:
     """Promise 2: NOT_FOUND from an RPC past the envelope's bound that still remembers
-    every ledger the envelope could be in."""
-    return lookup.status == "NOT_FOUND" and lookup.latest_close_time > max_time and lookup.oldest_ledger <= since_ledger
+    every ledger the envelope could be in (those after ``built_at_ledger``)."""
+    return past_bound(lookup, max_time) and lookup.oldest_ledger <= built_at_ledger + 1
 
 
 class SettlementActivities:
@@ -101,20 +113,19 @@ class SettlementActivities:
         sent_before = False
         if signed_xdr is not None:
             signed_xdr, sent_before = await self._record_before_send(request, signed_xdr)
-        since_ledger = request.since_ledger
         sent_once = sent_before
         # Sent before (a retry, or an earlier run): look it up first; resending an applied
         # envelope only earns TRY_AGAIN_LATER or txBAD_SEQ.
         look_first = sent_before
         looked_at, skipped = 0, 0
+        last_seen = "not looked up yet"
         began = time.monotonic()
         while True:
             polls = request.confirm_max_polls
             if look_first:
                 polls, look_first = 1, False
             elif signed_xdr is not None:
-                status, latest = await self._send(built.tx_hash, signed_xdr)
-                since_ledger = since_ledger if since_ledger is not None else latest
+                status = await self._send(built.tx_hash, signed_xdr)
                 if not sent_once:
                     sent_once = True
                     await asyncio.to_thread(db.mark_submitted, self.engine, built.tx_hash)
@@ -124,22 +135,46 @@ class SettlementActivities:
                     polls = 1
             for _ in range(polls):
                 await asyncio.sleep(request.confirm_poll_ms / 1000)
+                # Every pass heartbeats (throttled by the SDK), whatever the RPC answers: a
+                # ledger stall or an RPC outage must not outlast the heartbeat timeout. The
+                # detail is the last answer by hash, for operators (describe).
+                if time.monotonic() - began > QUIET_SECONDS:
+                    activity.heartbeat(last_seen)
                 if looked_at and self.ledgers.latest_ledger() <= looked_at and skipped < MAX_SKIPPED_POLLS:
                     skipped += 1
                     continue
                 skipped = 0
                 lookup = await self._look_up(built.tx_hash)
                 if lookup is None:
+                    last_seen = "getTransaction: no answer"
                     continue
-                looked_at = lookup.latest_ledger
-                if time.monotonic() - began > QUIET_SECONDS:
-                    activity.heartbeat(lookup.status)
-                since_ledger = since_ledger if since_ledger is not None else lookup.latest_ledger
-                if lookup.status in ("SUCCESS", "FAILED") or is_provably_dead(lookup, built.max_time, since_ledger):
+                looked_at, last_seen = lookup.latest_ledger, lookup.status
+                settled = lookup.status in ("SUCCESS", "FAILED") or is_provably_dead(
+                    lookup, built.max_time, built.built_at_ledger
+                )
+                if not settled and past_bound(lookup, built.max_time):
+                    return await self._outside_history(key, built.tx_hash, built.source_account, built, lookup)
+                if settled:
                     activity.logger.info("envelope settled: %s", lookup.status, extra={"tx_hash": built.tx_hash})
                     if await asyncio.to_thread(self._settle, key, built.tx_hash, built.source_account, lookup):
                         self.on_release()
                     return lookup
+
+    async def _outside_history(
+        self, key: str, tx_hash: str, account: str, built: BuiltEnvelope, lookup: EnvelopeLookup
+    ) -> EnvelopeLookup:
+        """Past its bound (it can never apply from now on) but the RPC no longer remembers
+        every ledger it could be in: whether it applied is UNKNOWN, never "dead". The row
+        stays unsettled (a later run asks again) and the account is free again."""
+        note = (
+            f"past its bound, but the RPC's history starts at ledger {lookup.oldest_ledger}, after ledger "
+            f"{built.built_at_ledger + 1} where it could first apply: whether it applied is unknown"
+        )
+        activity.logger.warning("envelope %s", note, extra={"tx_hash": tx_hash})
+        await asyncio.to_thread(db.note_envelope_error, self.engine, tx_hash, note)
+        if await asyncio.to_thread(leases.release, self.engine, account, key):
+            self.on_release()
+        return replace(lookup, status=UNKNOWN)
 
     async def _record_before_send(self, request: SettleInput, signed_xdr: str) -> tuple[str | None, bool]:
         """Record the envelope and bind its lease. Returns the XDR to send (None when it
@@ -170,34 +205,45 @@ class SettlementActivities:
                 type=UNSETTLED_ENVELOPE,
                 non_retryable=True,
             )
-        await asyncio.to_thread(
-            db.record_envelope,
-            self.engine,
-            key,
-            request.attempt,
-            built.tx_hash,
-            signed_xdr,
-            built.source_account,
-            built.sequence,
-            built.max_time,
-        )
+        try:
+            await asyncio.to_thread(
+                db.record_envelope,
+                self.engine,
+                key,
+                request.attempt,
+                built.tx_hash,
+                signed_xdr,
+                built.source_account,
+                built.sequence,
+                built.max_time,
+                built_at_ledger=built.built_at_ledger,
+                auth_nonce=built.auth_nonce,
+            )
+        except AlreadyPaid as exc:
+            # Paid meanwhile (another run of the key): this envelope is never sent.
+            await self._release_after_refusal(built.source_account, key)
+            raise already_paid(exc) from None
         return signed_xdr, sent_before
 
-    async def _send(self, tx_hash: str, signed_xdr: str) -> tuple[str, int | None]:
+    async def _release_after_refusal(self, account: str, key: str) -> None:
+        if await asyncio.to_thread(leases.release, self.engine, account, key):
+            self.on_release()
+
+    async def _send(self, tx_hash: str, signed_xdr: str) -> str:
         """sendTransaction's status; a lost answer counts as ambiguous (``LOST``). Abnormal
         answers are noted on the envelope's row for operators."""
         try:
             sent = await self.rpc.send_transaction(signed_xdr)
         except SdkConnectionError as exc:
-            status, latest, answer = "LOST", None, f"sendTransaction: no answer ({type(exc).__name__})"
+            status, answer = "LOST", f"sendTransaction: no answer ({type(exc).__name__})"
         else:
-            status, latest = sent.status.value, sent.latest_ledger
+            status = sent.status.value
             code = x.TransactionResult.from_xdr(sent.error_result_xdr).result.code.name if sent.error_result_xdr else ""
             answer = f"sendTransaction answered {status} {code}".strip()
         if status not in ("PENDING", "DUPLICATE"):
             activity.heartbeat(answer)
             await asyncio.to_thread(db.note_envelope_error, self.engine, tx_hash, answer)
-        return status, latest
+        return status
 
     async def _look_up(self, tx_hash: str) -> EnvelopeLookup | None:
         try:

@@ -24,6 +24,8 @@ entry, signature filled in (``stellar_sdk.auth.authorize_entry`` does exactly th
 
 from __future__ import annotations
 
+from enum import StrEnum
+
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 from stellar_sdk import Address, Keypair, StrKey, TransactionEnvelope
@@ -188,3 +190,91 @@ def _signature_pairs(value: x.SCVal) -> list[tuple[bytes, bytes]]:
             raise EnvelopeError("the authorization's signatures must be sorted by public key, without duplicates")
         pairs.append((key_bytes, signature_bytes))
     return pairs
+
+
+# -- Whether a nonce was used ------------------------------------------------------------
+#
+# A transaction that carries the entry consumes its nonce: the host writes a TEMPORARY
+# contract-data entry (key SCV_LEDGER_KEY_NONCE) live until ledger
+# max(signature_expiration_ledger, apply ledger + minimum temporary TTL - 1)
+# (rs-soroban-env soroban-env-host src/auth.rs, consume_nonce), and stellar-rpc's
+# getLedgerEntries stops returning a temporary entry once it is past that ledger (stellar-core
+# src/main/QueryServer.cpp: an archived temporary entry is "not found"). So an absent entry
+# means "unused" only while a use could not yet have expired; the engine keeps, per
+# authorization, the ledger through which it has proven the nonce unused, and never reads
+# more into an absence than that.
+
+
+class NonceState(StrEnum):
+    """What the engine can prove about an authorization's nonce (``authorizations.status``)."""
+
+    LIVE = "live"  # not used so far, and still usable: carry it, or wait
+    USED = "used"  # a transaction consumed it: the transfer happened
+    UNUSED = "unused"  # provably never used, and past its expiration: it can never pay
+    UNKNOWN = "unknown"  # neither can be proven (history gone): an operator decides
+
+
+def unused_through_after_absence(
+    unused_through: int, valid_until_ledger: int, observed_at: int, min_temporary_ttl: int
+) -> int | None:
+    """The ledger through which the nonce is proven unused, given that its entry was absent
+    from a ledger-entry read at ledger ``observed_at``; None if the absence proves nothing
+    new because an entry written after ``unused_through`` may already have expired.
+
+    A use in ledger L > ``unused_through`` leaves an entry live at least through
+    max(``valid_until_ledger``, L + ``min_temporary_ttl`` - 1) >=
+    max(``valid_until_ledger``, ``unused_through`` + ``min_temporary_ttl``). If that is at
+    least ``observed_at`` + 1, the entry would be present at ``observed_at`` (whether the
+    RPC compares its TTL with the ledger it read or the next one), so its absence proves
+    no use in any ledger up to ``observed_at``.
+    """
+    if observed_at <= unused_through:
+        return unused_through
+    # No use after its expiration ledger; otherwise a use would still be visible.
+    if unused_through >= valid_until_ledger or observed_at + 1 <= max(
+        valid_until_ledger, unused_through + min_temporary_ttl
+    ):
+        return observed_at
+    return None
+
+
+def nonce_state(unused_through: int, valid_until_ledger: int) -> NonceState:
+    """LIVE or UNUSED for a nonce proven unused through ``unused_through``: the entry is
+    usable in ledgers up to ``valid_until_ledger`` (the host refuses it in a later one)."""
+    return NonceState.UNUSED if unused_through >= valid_until_ledger else NonceState.LIVE
+
+
+def nonce_key(payer: str, nonce: int) -> x.LedgerKey:
+    """The ledger key of the entry a use of ``payer``'s ``nonce`` writes."""
+    return x.LedgerKey(
+        x.LedgerEntryType.CONTRACT_DATA,
+        contract_data=x.LedgerKeyContractData(
+            contract=Address(payer).to_xdr_sc_address(),
+            key=x.SCVal(x.SCValType.SCV_LEDGER_KEY_NONCE, nonce_key=x.SCNonceKey(x.Int64(nonce))),
+            durability=x.ContractDataDurability.TEMPORARY,
+        ),
+    )
+
+
+def consumes_nonce(result_meta_xdr: str, payer: str, nonce: int) -> bool:
+    """Whether an applied transaction (its ``resultMetaXdr``) created the entry of
+    ``payer``'s ``nonce``, i.e. used that authorization."""
+    wanted = nonce_key(payer, nonce).contract_data
+    assert wanted is not None
+    meta = x.TransactionMeta.from_xdr(result_meta_xdr)
+    body = meta.v4 or meta.v3
+    if body is None:
+        return False
+    for operation in body.operations:
+        for change in operation.changes.ledger_entry_changes:
+            entry = change.created
+            data = entry.data.contract_data if entry is not None else None
+            if (
+                data is not None
+                and data.key.type == x.SCValType.SCV_LEDGER_KEY_NONCE
+                and data.key.nonce_key is not None
+                and data.key.nonce_key.nonce.int64 == nonce
+                and data.contract.to_xdr_bytes() == wanted.contract.to_xdr_bytes()
+            ):
+                return True
+    return False

@@ -1,5 +1,9 @@
-"""The starter CLI: ``pay``, ``batch``, ``status``, ``list``, ``submit-signed``, ``sign``
-and ``channels``.
+"""The starter CLI: ``pay``, ``batch``, ``status``, ``list``, ``submit-signed``, ``sign``,
+``resolve`` and ``channels``.
+
+``resolve KEY --paid-by HASH | --not-paid`` answers for a PARKED payout (README, "Parked
+payouts"): an operator who found, in a full history, that it was paid by that transaction,
+or that what was parked never applied.
 
 ``batch FILE`` pays a whole file (:mod:`payouts.batch`): every row is checked first, then
 the payouts start and a progress line follows them; it ends with a summary table.
@@ -34,6 +38,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import re
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -54,7 +59,7 @@ from temporalio.service import RPCError
 from payouts import batch, db
 from payouts.amounts import hide_secret_seeds
 from payouts.assets import AssetError, validate_asset
-from payouts.client import MAX_LIST_LIMIT, PayoutClient, PayoutSummary, SignatureRejected
+from payouts.client import MAX_LIST_LIMIT, PayoutClient, PayoutSummary, ResolutionRejected, SignatureRejected
 from payouts.config import ConfigError, load_settings, load_temporal_settings
 from payouts.envelopes import (
     MAX_SIGNED_XDR_CHARS,
@@ -79,6 +84,8 @@ from payouts.pool import (
     format_xlm,
     parse_balance,
 )
+
+_TX_HASH = re.compile(r"[0-9a-f]{64}")
 
 
 class UsageError(ValueError):
@@ -130,6 +137,12 @@ def _parser() -> argparse.ArgumentParser:
     submit.add_argument("--xdr", help="signed envelope (base64); or --xdr-file")
     submit.add_argument("--xdr-file", type=Path)
     submit.add_argument("--no-wait", action="store_true", help="send as a signal, without waiting for the verdict")
+
+    resolve = commands.add_parser("resolve", help="answer for a PARKED payout, from a full ledger history")
+    resolve.add_argument("key")
+    verdict = resolve.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--paid-by", metavar="TX_HASH", help="it was paid by this transaction (64 hex digits)")
+    verdict.add_argument("--not-paid", action="store_true", help="what was parked never applied: go on")
 
     sign = commands.add_parser("sign", help="sign an unsigned envelope with a secret from a file (demo HSM)")
     sign.add_argument("--secret-file", type=Path, required=True)
@@ -435,6 +448,8 @@ async def _run(args: argparse.Namespace) -> int:
     elif not is_valid_idempotency_key(args.key):
         raise UsageError("key: must be 1-128 characters of A-Z a-z 0-9 : _ -")
     signed = _read_xdr(args) if args.command == "submit-signed" else ""
+    if args.command == "resolve" and args.paid_by is not None and not _TX_HASH.fullmatch(args.paid_by):
+        raise UsageError("--paid-by: must be a transaction hash, 64 lowercase hex digits")
     client = await _connect(settings.TEMPORAL_ADDRESS, settings.TEMPORAL_NAMESPACE)
     payouts = PayoutClient(client, settings.TEMPORAL_TASK_QUEUE)
     if args.command == "pay":
@@ -451,6 +466,14 @@ async def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "status":
         _print((await payouts.status(args.key)).model_dump())
+        return 0
+    if args.command == "resolve":
+        try:
+            await payouts.resolve_parked(args.key, paid_tx_hash=args.paid_by)
+        except ResolutionRejected as exc:
+            _error(f"answer refused: {exc}")
+            return 1
+        print("answer recorded; the payout's outcome shows in `status`", file=sys.stderr)
         return 0
     if args.no_wait:
         await payouts.submit_signed_xdr(args.key, signed)

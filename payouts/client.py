@@ -71,6 +71,10 @@ class SignatureRejected(ValueError):
     was not sent); the message says why."""
 
 
+class ResolutionRejected(ValueError):
+    """An operator's answer for a parked payout was refused; the message says why."""
+
+
 def _check_size(signed_xdr: str) -> None:
     problem = signed_xdr_size_problem(signed_xdr)
     if problem is not None:
@@ -157,3 +161,14 @@ class PayoutClient:
             cause: Any = exc.cause
             message = cause.message if isinstance(cause, ApplicationError) else str(cause)
             raise SignatureRejected(message) from None
+
+    async def resolve_parked(self, idempotency_key: str, *, paid_tx_hash: str | None = None) -> None:
+        """An operator's answer for a PARKED payout: paid by ``paid_tx_hash``, or (None)
+        what was parked never applied and the payout goes on. Raises
+        :class:`ResolutionRejected` when the payout is not parked or the hash is malformed."""
+        answer: dict[str, object] = {"paid_tx_hash": paid_tx_hash} if paid_tx_hash is not None else {"not_paid": True}
+        try:
+            await self.handle(idempotency_key).execute_update(PayoutWorkflow.resolve_parked, answer)
+        except WorkflowUpdateFailedError as exc:
+            cause: Any = exc.cause
+            raise ResolutionRejected(cause.message if isinstance(cause, ApplicationError) else str(cause)) from None

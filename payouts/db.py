@@ -74,16 +74,18 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from payouts.errors import IdempotencyConflict
+from payouts.errors import AlreadyPaid, IdempotencyConflict
 from payouts.models import PayoutRequest, PayoutState
 
 __all__ = [
+    "AlreadyPaid",
     "EnvelopeConflict",
     "EnvelopeNotFound",
     "EnvelopeRecord",
     "EnvelopeStatus",
     "IdempotencyConflict",
     "IllegalTransition",
+    "Payment",
     "PayoutNotFound",
     "PayoutRecord",
     "PayoutRow",
@@ -94,10 +96,13 @@ __all__ = [
     "envelope",
     "envelopes_of",
     "get_payout",
+    "locked_payout",
     "make_engine",
     "mark_envelope",
     "mark_submitted",
     "note_envelope_error",
+    "payment_in",
+    "payment_of",
     "record_envelope",
     "record_payout",
     "set_payout_state",
@@ -250,6 +255,11 @@ class TransactionRow(SQLModel, table=True):
     created_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     updated_at: datetime = Field(sa_column=Column(UTCDateTime, nullable=False))
     confirmed_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime, nullable=True))
+    # The latest ledger when it was built: it can be in no ledger up to this one (None on
+    # rows recorded before it was kept: such an envelope is never dead by retention alone).
+    built_at_ledger: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
+    # Channels: the nonce of the payout account's authorization entry it carries.
+    auth_nonce: int | None = Field(default=None, sa_column=Column(BigInteger, nullable=True))
 
 
 # ---------------------------------------------------------------------------------------
@@ -317,6 +327,8 @@ class EnvelopeRecord:
     created_at: datetime
     updated_at: datetime
     confirmed_at: datetime | None
+    built_at_ledger: int | None
+    auth_nonce: int | None
 
     @classmethod
     def of(cls, row: TransactionRow) -> EnvelopeRecord:
@@ -337,6 +349,8 @@ class EnvelopeRecord:
             created_at=row.created_at,
             updated_at=row.updated_at,
             confirmed_at=row.confirmed_at,
+            built_at_ledger=row.built_at_ledger,
+            auth_nonce=row.auth_nonce,
         )
 
 
@@ -577,6 +591,9 @@ def record_envelope(
     source_account: str,
     sequence: int,
     max_time: int,
+    *,
+    built_at_ledger: int | None = None,
+    auth_nonce: int | None = None,
 ) -> EnvelopeRecord:
     """Record an envelope of payout ``key`` (status ``queued``) before it is sent (promise 3).
 
@@ -584,7 +601,10 @@ def record_envelope(
     stored XDR is replaced only by one carrying more signatures (the unsigned envelope is
     recorded when built, the signed one before it is sent; a late retry of the first
     call never downgrades it). Raises :class:`PayoutNotFound` if ``key`` has no payout,
-    :class:`EnvelopeConflict` if the hash is recorded with other parameters.
+    :class:`EnvelopeConflict` if the hash is recorded with other parameters, and
+    :class:`AlreadyPaid`, in the transaction that would insert it, if the key already
+    paid (:func:`payment_of`): a workflow's history may be stale (an operator's reset, a
+    restarted run), the DB is not.
     """
     tx_hash = tx_hash.lower()
     if not _TX_HASH.match(tx_hash):
@@ -606,15 +626,23 @@ def record_envelope(
                 row = _envelope_row(session, tx_hash, lock=True)
                 if row is not None:
                     record = same(row)
-                    if _signature_count(envelope_xdr) > _signature_count(row.envelope_xdr):
-                        row.envelope_xdr = envelope_xdr
+                    upgrade = _signature_count(envelope_xdr) > _signature_count(row.envelope_xdr)
+                    if upgrade or (row.built_at_ledger is None and built_at_ledger is not None):
+                        if upgrade:
+                            row.envelope_xdr = envelope_xdr
+                        row.built_at_ledger = row.built_at_ledger or built_at_ledger
+                        row.auth_nonce = row.auth_nonce or auth_nonce
                         row.updated_at = _now()
                         session.add(row)
                         session.flush()
                         record = EnvelopeRecord.of(row)
                     return record
-                if _payout_row(session, key) is None:
+                payout = _payout_row(session, key, lock=True)
+                if payout is None:
                     raise PayoutNotFound(f"no payout recorded under idempotency key {key!r}")
+                paid = _payment(session, payout)
+                if paid is not None:
+                    raise AlreadyPaid(key, paid.tx_hash)
                 now = _now()
                 row = TransactionRow(
                     idempotency_key=key,
@@ -627,6 +655,8 @@ def record_envelope(
                     status=EnvelopeStatus.QUEUED.value,
                     created_at=now,
                     updated_at=now,
+                    built_at_ledger=built_at_ledger,
+                    auth_nonce=auth_nonce,
                 )
                 session.add(row)
                 session.flush()
@@ -727,6 +757,44 @@ def _confirmed_row(session: Session, key: str) -> TransactionRow | None:
         .order_by(col(TransactionRow.confirmed_at), col(TransactionRow.id))
     )
     return session.exec(query).first()
+
+
+@dataclass(frozen=True, slots=True)
+class Payment:
+    """How a key was paid: by its confirmed envelope, or by a transaction this engine did
+    not send that carried the key's authorization (``tx_hash`` then when it was found)."""
+
+    tx_hash: str | None
+    ledger: int | None
+    fee_charged: int | None
+
+
+def _payment(session: Session, payout: PayoutRow) -> Payment | None:
+    confirmed = _confirmed_row(session, payout.idempotency_key)
+    if confirmed is not None:
+        return Payment(confirmed.tx_hash, confirmed.ledger, confirmed.fee_charged)
+    if payout.status == PayoutState.CONFIRMED:
+        return Payment(payout.tx_hash, payout.ledger, payout.fee_charged)
+    return None
+
+
+def locked_payout(session: Session, key: str) -> PayoutRow | None:
+    """The payout row of ``key``, locked for the rest of ``session``'s transaction."""
+    return _payout_row(session, key, lock=True)
+
+
+def payment_in(session: Session, payout: PayoutRow) -> Payment | None:
+    """:func:`payment_of`, inside a transaction of the caller's (another table's repository)."""
+    return _payment(session, payout)
+
+
+def payment_of(engine: Engine, key: str) -> Payment | None:
+    """The payment of payout ``key``, or ``None`` if the DB knows of none: the durable
+    answer to "did this key pay?" that every new envelope and authorization is checked
+    against (promise 1)."""
+    with transaction(engine, write=False) as session:
+        payout = _payout_row(session, key)
+        return None if payout is None else _payment(session, payout)
 
 
 def confirmed_envelope(engine: Engine, key: str) -> EnvelopeRecord | None:

@@ -22,3 +22,18 @@ class IdempotencyConflict(Exception):
 
     def __reduce__(self) -> tuple[type[IdempotencyConflict], tuple[str, str, str]]:
         return (type(self), (self.idempotency_key, self.stored_fingerprint, self.requested_fingerprint))
+
+
+class AlreadyPaid(Exception):
+    """The key already paid: the DB holds a confirmed envelope or a payment by another
+    transaction. Raised instead of recording (or building, or authorizing) anything new
+    for it, whatever a workflow's history says (a reset, a restarted or stale run)."""
+
+    def __init__(self, idempotency_key: str, tx_hash: str | None) -> None:
+        self.idempotency_key = idempotency_key
+        self.tx_hash = tx_hash
+        paid_by = f"transaction {tx_hash}" if tx_hash else "a transaction this engine did not send"
+        super().__init__(f"payout {idempotency_key!r} is already paid by {paid_by}; nothing new is built")
+
+    def __reduce__(self) -> tuple[type[AlreadyPaid], tuple[str, str | None]]:
+        return (type(self), (self.idempotency_key, self.tx_hash))

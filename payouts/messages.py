@@ -36,7 +36,22 @@ class AuthorizationRequest:
     nonce: int
     valid_until_ledger: int
     expires_at: int  # unix time by which the workflow stops waiting for the signature
-    signed_entry_xdr: str | None = None  # hot key: signed at once
+    signed_entry_xdr: str | None = None  # hot key: signed at once; external: once accepted
+    # The ledger through which its nonce is proven unused (recorded in the DB too).
+    unused_through_ledger: int = 0
+
+
+@dataclass(frozen=True)
+class NonceReport:
+    """What ``authorization_state`` proved about an authorization's nonce (and recorded)."""
+
+    state: str  # a payouts.authorization.NonceState value
+    unused_through_ledger: int
+    used_ledger: int | None = None
+    used_tx_hash: str | None = None
+    # LIVE: when to look again, in seconds: soon enough that an absence still proves the
+    # nonce unused, and preferably once it expired.
+    recheck_seconds: int = 5
 
 
 @dataclass(frozen=True)
@@ -54,11 +69,13 @@ class BuiltEnvelope:
     max_time: int
     fee: int
     resource_fee: int
-    built_at_ledger: int  # the RPC's latest ledger when built: the envelope cannot be in an earlier one
+    built_at_ledger: int  # the RPC's latest ledger when built: the envelope can be in no ledger up to it
+    # Unix time by which an external signature must arrive for the envelope to still be
+    # accepted by the network (its bound less a margin in ledgers of the network's cadence).
+    sign_by: int = 0
     signed_xdr: str | None = None
-    # Channels with the hot key: the payout account's signed authorization it carries,
-    # which the payout keeps carrying until it is used or expired.
-    authorization: AuthorizationRequest | None = None
+    # Channels: the nonce of the payout account's authorization it carries.
+    auth_nonce: int | None = None
 
 
 @dataclass(frozen=True)
@@ -80,7 +97,6 @@ class SettleInput:
     attempt: int
     envelope: BuiltEnvelope
     signed_xdr: str | None
-    since_ledger: int | None
     confirm_poll_ms: int
     confirm_max_polls: int
 
@@ -89,7 +105,9 @@ class SettleInput:
 class EnvelopeLookup:
     """``getTransaction`` by hash, with the RPC's window to judge a NOT_FOUND."""
 
-    status: str  # SUCCESS | FAILED | NOT_FOUND (settled: provably dead)
+    # SUCCESS | FAILED | NOT_FOUND (provably dead) | UNKNOWN (past its bound, but the
+    # RPC's history no longer reaches the ledger it was built at: it may have applied)
+    status: str
     latest_ledger: int
     latest_close_time: int
     oldest_ledger: int
@@ -120,6 +138,7 @@ class RecordedEnvelope:
     sequence: int
     max_time: int
     attempt: int
+    built_at_ledger: int | None = None  # None: recorded before it was kept
 
 
 @dataclass(frozen=True)
@@ -130,6 +149,9 @@ class PayoutStart:
     confirmed: PayoutOutcome | None
     unsettled: list[RecordedEnvelope]
     attempts_used: int
+    # Channels: the key's authorization that may still pay (at most one), to carry again
+    # or to settle before a new one is asked for.
+    authorization: AuthorizationRequest | None = None
 
 
 @dataclass(frozen=True)
@@ -151,3 +173,26 @@ class PayoutOutcome:
     fee_charged: int | None = None
     unsigned_xdr: str | None = None
     error: str | None = None
+
+
+@dataclass(frozen=True)
+class ParkedItem:
+    """What a parked payout cannot settle: an envelope (``tx_hash``) that may have applied
+    outside the RPC's history, or an authorization (``nonce``) whose use cannot be proven
+    either way. ``reason`` is what operators read (status, DB, logs)."""
+
+    idempotency_key: str
+    reason: str
+    tx_hash: str | None = None
+    nonce: int | None = None
+    valid_until_ledger: int | None = None
+
+
+@dataclass(frozen=True)
+class ParkResolution:
+    """An operator's answer for a parked payout (the ``resolve_parked`` update): it was
+    paid by ``paid_tx_hash``, or (``None``) the parked envelope or authorization never
+    applied and the payout may go on."""
+
+    item: ParkedItem
+    paid_tx_hash: str | None

@@ -90,6 +90,10 @@ class PayoutState(StrEnum):
     SUBMITTED = "SUBMITTED"
     CONFIRMED = "CONFIRMED"
     FAILED = "FAILED"
+    # The engine cannot prove whether an envelope or an authorization it handed out was
+    # applied (the RPC's history no longer reaches it): nothing new is built or signed
+    # until an operator resolves it (README, "Parked payouts").
+    PARKED = "PARKED"
 
 
 class PayoutStatus(BaseModel):

@@ -28,13 +28,16 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import SQLModel, col
 from stellar_sdk import Account, Asset, Keypair, Network, TransactionBuilder
 
-from payouts import leases  # noqa: F401  (its table is part of the schema)
+from payouts import authorization_store, leases  # noqa: F401  (leases: its table is part of the schema)
+from payouts.authorization import NonceState
 from payouts.db import (
+    AlreadyPaid,
     EnvelopeConflict,
     EnvelopeNotFound,
     EnvelopeStatus,
     IdempotencyConflict,
     IllegalTransition,
+    Payment,
     PayoutNotFound,
     PayoutRecord,
     PayoutRow,
@@ -46,6 +49,7 @@ from payouts.db import (
     get_payout,
     make_engine,
     mark_envelope,
+    payment_of,
     record_envelope,
     record_payout,
     set_payout_state,
@@ -61,7 +65,7 @@ from payouts.monitoring import (
 )
 from tests.pg_harness import BACKENDS, empty_database_url
 
-HEAD = "0002_account_leases"
+HEAD = "0003_exactly_once_records"
 DESTINATION = Keypair.random().public_key
 SOURCE = Keypair.random()
 
@@ -244,6 +248,8 @@ def test_status_check_constraints_cover_the_enums(engine: Engine) -> None:
         key = record_payout(engine, payout(f"state-{state.value}")).idempotency_key
         assert set_payout_state(engine, key, state).status == state
     for i, status in enumerate(EnvelopeStatus):
+        # One payout each: a key with a confirmed envelope gets no other (AlreadyPaid).
+        key = record_payout(engine, payout(f"envelope-{status.value}")).idempotency_key
         assert mark_envelope(engine, record(engine, key, i + 1, i + 1), status).status == status
     with pytest.raises(IntegrityError), engine.begin() as connection:
         connection.execute(update(TransactionRow).values(status="bogus"))
@@ -498,6 +504,57 @@ def test_timestamps_are_aware_utc() -> None:
 
 
 # ---------------------------------------------------------------------------------------
+# A key that paid gets nothing new
+
+
+def test_a_key_with_a_confirmed_envelope_gets_no_other_envelope(engine: Engine) -> None:
+    key = record_payout(engine, payout()).idempotency_key
+    paid = record(engine, key, attempt=1, sequence=1)
+    mark_envelope(engine, paid, EnvelopeStatus.CONFIRMED, ledger=7, fee_charged=100)
+    assert payment_of(engine, key) == Payment(paid, 7, 100)
+    with pytest.raises(AlreadyPaid, match=paid):
+        record(engine, key, attempt=2, sequence=2)
+    assert [e.tx_hash for e in envelopes_of(engine, key)] == [paid]  # nothing written
+    assert record_envelope(engine, key, 1, paid, envelope(1)[1], SOURCE.public_key, 1, 1_900_000_000).tx_hash == paid
+
+
+def test_a_key_paid_by_another_transaction_gets_no_envelope_or_authorization(engine: Engine) -> None:
+    """Paid by a transaction that carried its authorization (the payout row alone says so)."""
+    key = record_payout(engine, payout()).idempotency_key
+    nonce = 42
+    authorization_store.record(engine, key, SOURCE.public_key, nonce, "entry", 500, 1_900_000_000, 100)
+    authorization_store.observe(engine, SOURCE.public_key, nonce, NonceState.USED, 100, used_ledger=120,
+                                used_tx_hash="ab" * 32)  # fmt: skip
+    assert payment_of(engine, key) == Payment("ab" * 32, 120, None)
+    assert get_payout(engine, key).status == PayoutState.CONFIRMED  # type: ignore[union-attr]
+    with pytest.raises(AlreadyPaid):
+        record(engine, key)
+    with pytest.raises(AlreadyPaid):
+        authorization_store.record(engine, key, SOURCE.public_key, 43, "entry", 500, 1_900_000_000, 100)
+    assert envelopes_of(engine, key) == [] and len(authorization_store.of_payout(engine, key)) == 1
+
+
+def test_a_key_has_at_most_one_authorization_that_may_still_pay(engine: Engine) -> None:
+    key = record_payout(engine, payout()).idempotency_key
+    first = authorization_store.record(engine, key, SOURCE.public_key, 1, "entry-1", 500, 1_900_000_000, 100)
+    assert (first.nonce, first.status, first.unused_through_ledger) == (1, NonceState.LIVE, 100)
+    # Asking again (a restarted or reset run) gets the same nonce back, not a second one.
+    again = authorization_store.record(engine, key, SOURCE.public_key, 2, "entry-2", 600, 1_900_000_000, 200)
+    assert again.nonce == 1 and len(authorization_store.of_payout(engine, key)) == 1
+    authorization_store.record_signature(engine, SOURCE.public_key, 1, "signed-1")
+    authorization_store.observe(engine, SOURCE.public_key, 1, NonceState.LIVE, 300)
+    authorization_store.observe(engine, SOURCE.public_key, 1, NonceState.LIVE, 250)  # never shrinks
+    [live] = authorization_store.unsettled(engine, key)
+    assert (live.signed_entry_xdr, live.unused_through_ledger) == ("signed-1", 300)
+    settled = authorization_store.observe(engine, SOURCE.public_key, 1, NonceState.UNUSED, 500)
+    assert settled.status == NonceState.UNUSED and authorization_store.unsettled(engine, key) == []
+    # Settled facts stay: a later report cannot make an unused nonce live again.
+    assert authorization_store.observe(engine, SOURCE.public_key, 1, NonceState.LIVE, 500).status == NonceState.UNUSED
+    fresh = authorization_store.record(engine, key, SOURCE.public_key, 2, "entry-2", 600, 1_900_000_000, 200)
+    assert fresh.nonce == 2 and payment_of(engine, key) is None
+
+
+# ---------------------------------------------------------------------------------------
 # Engine
 
 
@@ -548,10 +605,11 @@ def test_monitoring_queries_give_true_figures(engine: Engine) -> None:
         + [("submitted", 30 * hour, None), ("confirmed", 48 * hour, 100.0), ("failed", 26 * hour, None)]
         + [("failed", 25 * hour, None)]
     )
-    key = record_payout(engine, payout()).idempotency_key
     shuffled = random.Random(7).sample(range(len(rows)), len(rows))
     updated: dict[str, datetime] = {}
     for i, (status, age, seconds) in enumerate(rows):
+        # A payout per row: a key with a confirmed envelope gets no other (AlreadyPaid).
+        key = record_payout(engine, payout(f"monitoring-{i}")).idempotency_key
         tx_hash = record(engine, key, attempt=i + 1, sequence=i + 1)
         if status != "queued":
             mark_envelope(engine, tx_hash, status)

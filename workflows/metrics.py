@@ -21,6 +21,7 @@ from payouts.models import PayoutState
 CONFIRMED = "payouts_confirmed"
 FAILED = "payouts_failed"
 BUILT = "payouts_built"
+PARKED = "payouts_parked"
 FEE_CHARGED = "payouts_fee_charged_stroops"
 TIME_TO_CONFIRM = "payouts_time_to_confirm"
 # Bucket bounds for the Prometheus endpoint (the SDK's defaults are for milliseconds).
@@ -50,3 +51,11 @@ def record_outcome(outcome: PayoutOutcome, asset: str, failure_kind: str | None)
         )
     elif outcome.state == PayoutState.BUILT:
         meter.create_counter(BUILT, "payouts built for submission elsewhere (build-only mode)").add(1)
+
+
+def record_parked(asset: str, what: str) -> None:
+    """A payout parked for an operator; ``what`` is ``envelope`` or ``authorization``."""
+    meter = workflow.metric_meter().with_additional_attributes({"asset": asset_label(asset)})
+    meter.create_counter(PARKED, "payouts parked: whether something handed out applied is unknown").add(
+        1, {"what": what}
+    )

@@ -4,24 +4,38 @@ The workflow ID is the caller's idempotency key. The flow:
 
     start_payout (DB record; the key's durable past)
       → settle envelopes an earlier run left unsettled
-      → attempts: lease a source account + build + simulate + fee check
+      → attempts: [channels: the payout account's authorization, recorded before it
+                   leaves the worker; signed by the hot key or the external signer]
+                  lease a source account + build + simulate + fee check
                   → [build-only: return BUILT]
                   → sign (hot key | external signature via signal/update)
                   → settle: record, send, follow and resend the same envelope
                     until SUCCESS, FAILED or provably dead; release the lease
-      → CONFIRMED | FAILED
+      → CONFIRMED | FAILED   (or PARKED until an operator answers, see below)
+
+The DB, not this history, answers "did this key pay?": every new envelope and
+authorization is refused for a key the DB knows as paid (``AlreadyPaid``), and the run
+then finishes CONFIRMED with that payment. This is what keeps an operator's reset (to
+any event), a terminated-and-restarted run or a lost history from paying twice.
 
 With channel accounts (:mod:`payouts.channels`) the payout account authorizes the
-transfer with a Soroban authorization entry and channels carry it: the flow asks for the
-authorization once (signed by the hot key, or by the external signer), then carries the
+transfer with a Soroban authorization entry and channels carry it: the flow carries the
 same signed entry in envelopes until one applies; a new authorization is asked for only
 once the old one can provably never be used (:meth:`ChainActivities.authorization_state`).
 
 An envelope is provably dead (promise 2) only when ``getTransaction`` says NOT_FOUND
 from an RPC whose latest closed ledger closed after the envelope's ``max_time`` and whose
-retention still reaches back to the envelope's first submission. Only then is a new
-envelope built; every other answer (lost responses, TRY_AGAIN_LATER, errors) leads to a
-lookup by hash and a resubmission of the same envelope (promise 4).
+retention still reaches back to the ledger after the one it was built at. Only then is a
+new envelope built; every other answer (lost responses, TRY_AGAIN_LATER, errors) leads to
+a lookup by hash and a resubmission of the same envelope (promise 4).
+
+When the engine cannot prove either way whether something it handed out applied (an
+envelope past its bound but outside the RPC's history; a nonce whose use would have
+expired from the ledger and whose ledgers the RPC no longer holds), the payout is
+PARKED: nothing new is built or signed, the state shows in ``status``, the
+``PayoutStatus`` search attribute, the DB and a metric, and it looks again from time to
+time until an operator answers with the ``resolve_parked`` update (README, "Parked
+payouts").
 
 Short steps that send nothing (DB records, building, checking) are local activities, so
 a payout's history stays short; the step that sends is a regular activity, scheduled in
@@ -30,6 +44,8 @@ history before it runs.
 
 from __future__ import annotations
 
+import re
+from dataclasses import replace
 from datetime import timedelta
 from typing import Any
 
@@ -38,17 +54,23 @@ from temporalio.common import RetryPolicy, SearchAttributeKey
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.chain import AUTHORIZATION_EXPIRED, NON_RETRYABLE, ChainActivities
+    from activities.chain import ChainActivities
+    from activities.failures import ALREADY_PAID, AUTHORIZATION_EXPIRED, NON_RETRYABLE, UNSETTLED_ENVELOPE
     from activities.records import RecordActivities
-    from activities.settlement import UNSETTLED_ENVELOPE, SettlementActivities
+    from activities.settlement import UNKNOWN, SettlementActivities
+    from payouts.authorization import NonceState
     from payouts.envelopes import signed_xdr_size_problem
     from payouts.messages import (
         AuthorizationRequest,
         BuildEnvelopeInput,
         BuiltEnvelope,
         EnvelopeLookup,
+        NonceReport,
+        ParkedItem,
+        ParkResolution,
         PayoutOutcome,
         PayoutPolicy,
+        PayoutStart,
         RecordedEnvelope,
         RecordEnvelopeInput,
         SettleInput,
@@ -87,21 +109,31 @@ LOCAL_RETRY_THRESHOLD = timedelta(seconds=2)
 SETTLE_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=200),
     maximum_interval=timedelta(seconds=5),
-    non_retryable_error_types=[UNSETTLED_ENVELOPE],
+    non_retryable_error_types=[UNSETTLED_ENVELOPE, ALREADY_PAID],
 )
 SETTLE_HEARTBEAT = timedelta(seconds=20)
 SETTLE_SLACK = timedelta(minutes=5)  # beyond the envelope's bound, to see it dead
-DB_RETRY = RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10))
+DB_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=200),
+    maximum_interval=timedelta(seconds=10),
+    non_retryable_error_types=[ALREADY_PAID],
+)
 DB_TIMEOUT = timedelta(seconds=10)
-# Stop waiting for a signature this long before the envelope's bound, so that a signed
-# envelope still has time to reach a ledger.
+# Stop waiting for an authorization's signature this long before its window closes.
 SIGNING_MARGIN_SECONDS = 15
-# How often a payout checks whether an authorization nobody carried has expired.
-AUTHORIZATION_CHECK_INTERVAL = timedelta(seconds=5)
+# A parked payout looks again (the RPC may have been pointed at a longer history) this
+# often at first, backing off to PARKED_RECHECK_MAX.
+PARKED_RECHECK_FIRST = timedelta(minutes=1)
+PARKED_RECHECK_MAX = timedelta(hours=1)
 MAX_QUEUED_SIGNATURES = 10
 # Patch marking the signal handler's size limit on signed XDR (MAX_SIGNED_XDR_CHARS).
 SIGNED_XDR_SIZE_LIMIT = "signed-xdr-size-limit"
 PAYOUT_FAILED = "PayoutFailed"
+_TX_HASH = re.compile(r"[0-9a-f]{64}")
+
+
+class _AlreadyPaid(Exception):
+    """An activity found the key paid in the DB: the run stops and reports that payment."""
 
 
 @workflow.defn(name="PayoutWorkflow")
@@ -111,6 +143,9 @@ class PayoutWorkflow:
         self._signatures: list[str] = []
         self._awaiting: BuiltEnvelope | AuthorizationRequest | None = None
         self._accepted_signature: str | None = None
+        self._parked: ParkedItem | None = None
+        self._state_before_park = PayoutState.RECEIVED
+        self._resolution: ParkResolution | None = None
         self._attempt = 0
         self._error = "no attempt was made"
         self._asset = "XLM"
@@ -119,14 +154,19 @@ class PayoutWorkflow:
 
     @workflow.run
     async def run(self, request: PayoutRequest) -> PayoutOutcome:
-        key, self._asset = request.idempotency_key, request.asset
-        start = await workflow.execute_local_activity_method(
-            RecordActivities.start_payout,
-            request,
-            start_to_close_timeout=DB_TIMEOUT,
-            retry_policy=DB_RETRY,
-            summary="record the payout (unique key)",
-        )
+        self._asset = request.asset
+        try:
+            return await self._pay(request)
+        except _AlreadyPaid:
+            # The DB knows a payment this run did not see (a reset, a stale or restarted
+            # run): it is the outcome. Counted by the run that paid.
+            start = await self._start(request)
+            assert start.confirmed is not None, "AlreadyPaid without a payment in the DB"
+            return await self._finish(start.confirmed, count=False)
+
+    async def _pay(self, request: PayoutRequest) -> PayoutOutcome:
+        key = request.idempotency_key
+        start = await self._start(request)
         if start.confirmed is not None:
             return await self._finish(start.confirmed, count=False)  # counted by the run that paid
         policy = start.policy
@@ -138,58 +178,59 @@ class PayoutWorkflow:
         # its key); each run gets PAYOUTS_MAX_ATTEMPTS of its own.
         self._attempt, last_attempt = start.attempts_used, start.attempts_used + policy.max_attempts
         external = policy.live_execution and not policy.sign_with_hot_key
-        authorization: AuthorizationRequest | None = None
-        signed_authorization: str | None = None
+        authorizes = policy.live_execution and policy.uses_channels
+        authorization = start.authorization if authorizes else None
         while self._attempt < last_attempt:
             self._attempt += 1
             self._set_state(PayoutState.BUILDING, attempt=self._attempt)
             build = BuildEnvelopeInput(
                 key, self._attempt, request.destination, request.stroops, request.asset, external
             )
-            if external and policy.uses_channels and signed_authorization is None:
-                authorization = await self._local(ChainActivities.request_authorization, build)
-                signed_authorization = await self._await_signature(authorization)
-                if signed_authorization is None:
-                    self._status.last_error = "no valid signature arrived before the authorization's window closed"
-                    if await self._authorization_used(authorization):
-                        return await self._paid_elsewhere(key, authorization)
-                    self._attempt -= 1  # an unsigned window does not use an attempt
-                    continue
+            if authorizes:
+                if authorization is None:
+                    authorization = await self._local(
+                        ChainActivities.request_authorization,
+                        build,
+                        summary="record the payout account's authorization",
+                    )
+                if authorization.signed_entry_xdr is None:
+                    signed_entry = await self._await_signature(authorization)
+                    if signed_entry is None:
+                        self._status.last_error = "no valid signature arrived before the authorization's window closed"
+                        outcome = await self._settle_authorization(key, authorization)
+                        if outcome is not None:
+                            return outcome
+                        authorization = None
+                        self._attempt -= 1  # an unsigned window does not use an attempt
+                        continue
+                    authorization = replace(authorization, signed_entry_xdr=signed_entry)
+                build = replace(build, signed_authorization=authorization.signed_entry_xdr)
             try:
                 built = await self._local(
                     ChainActivities.build_envelope,
-                    BuildEnvelopeInput(
-                        key,
-                        self._attempt,
-                        request.destination,
-                        request.stroops,
-                        request.asset,
-                        external,
-                        signed_authorization,
-                    ),
+                    build,
                     retry_policy=BUILD_RETRY,
                     timeout=BUILD_TIMEOUT,
                     summary=f"lease an account, build and simulate envelope (attempt {self._attempt})",
                 )
             except (ActivityError, ApplicationError) as exc:
-                # Fee above the cap or a failing simulation: nothing was signed or sent.
-                # (A signed authorization may exist: FAILED only once it cannot be used.)
-                if authorization is not None and await self._authorization_used(authorization):
-                    return await self._paid_elsewhere(key, authorization)
-                if _error_type(exc) == AUTHORIZATION_EXPIRED:
-                    # Expired unused before a channel could carry it: ask for a new one;
-                    # like an unsigned window, that does not use an attempt.
+                if authorization is not None:
+                    # A signed authorization exists: the payout is FAILED only once it
+                    # provably never paid (expired before a channel carried it: ask again).
+                    expired = _error_type(exc) == AUTHORIZATION_EXPIRED
                     self._status.last_error = _reason(exc)
-                    authorization = signed_authorization = None
-                    self._attempt -= 1
-                    continue
+                    outcome = await self._settle_authorization(key, authorization)
+                    if outcome is not None:
+                        return outcome
+                    authorization = None
+                    if expired:
+                        self._attempt -= 1  # like an unsigned window, that does not use an attempt
+                        continue
+                # Fee above the cap or a failing simulation: nothing was signed or sent.
                 outcome = PayoutOutcome(key, PayoutState.FAILED, error=_reason(exc))
                 return await self._finish(outcome, failure_kind=_error_type(exc) or "BuildFailed")
             if not policy.live_execution:
                 return await self._finish(PayoutOutcome(key, PayoutState.BUILT, unsigned_xdr=built.unsigned_xdr))
-            if built.authorization is not None:
-                # Signed with the hot key for this carrier: later carriers carry it too.
-                authorization, signed_authorization = built.authorization, built.authorization.signed_entry_xdr
 
             signed = built.signed_xdr
             if signed is None:
@@ -198,30 +239,34 @@ class PayoutWorkflow:
                 await self._local(
                     RecordActivities.record_envelope,
                     RecordEnvelopeInput(key, self._attempt, built, built.unsigned_xdr),
+                    retry_policy=DB_RETRY,
+                    timeout=DB_TIMEOUT,
                     summary=f"record envelope {built.tx_hash[:16]}… before the signer sees it",
                 )
                 signed = await self._await_signature(built)
                 if signed is None:
                     self._status.last_error = "no valid signature arrived before the envelope's bound"
-                    lookup = await self._settle(key, self._attempt, built, None, built.built_at_ledger, policy)
-                    if lookup is None or lookup.status == "NOT_FOUND":
+                    looked_up = await self._settle(key, self._attempt, built, None, policy)
+                    if isinstance(looked_up, PayoutOutcome):
+                        return looked_up
+                    if looked_up is None or looked_up.status == "NOT_FOUND":
                         # Provably dead and never signed by us: rebuilding is safe, and an
                         # unsigned window does not use an attempt.
                         self._attempt -= 1
                         continue
-                    if lookup.status == "SUCCESS":
-                        return await self._confirmed(key, built.tx_hash, lookup)
-                    self._error = f"envelope {built.tx_hash} failed on-chain ({lookup.result_code})"
+                    if looked_up.status == "SUCCESS":
+                        return await self._confirmed(key, built.tx_hash, looked_up)
+                    self._error = f"envelope {built.tx_hash} failed on-chain ({looked_up.result_code})"
                     continue
 
             self._set_state(PayoutState.SUBMITTED, tx_hash=built.tx_hash, upsert=True)
-            lookup = await self._settle(key, self._attempt, built, signed, built.built_at_ledger, policy)
+            lookup = await self._settle(key, self._attempt, built, signed, policy)
+            if isinstance(lookup, PayoutOutcome):
+                return lookup
             if lookup is None:
                 # An older envelope of this payout was recorded but unsettled (a lost
-                # workflow task): it was settled first; this one was never sent.
-                restart = await workflow.execute_local_activity_method(
-                    RecordActivities.start_payout, request, start_to_close_timeout=DB_TIMEOUT, retry_policy=DB_RETRY
-                )
+                # workflow task, a reset): it is settled first; this one was never sent.
+                restart = await self._start(request)
                 paid = await self._settle_recorded(key, restart.unsettled, policy)
                 if paid is not None:
                     return paid
@@ -236,17 +281,33 @@ class PayoutWorkflow:
             )
             self._status.last_error = self._error
             if authorization is not None:
-                state = await self._local(ChainActivities.authorization_state, authorization)
-                if state == "used":
-                    return await self._paid_elsewhere(key, authorization)
-                if state == "expired":
-                    authorization = signed_authorization = None
-        if authorization is not None and await self._authorization_used(authorization):
-            return await self._paid_elsewhere(key, authorization)
+                report = await self._nonce_report(authorization)
+                authorization = replace(authorization, unused_through_ledger=report.unused_through_ledger)
+                if report.state != NonceState.LIVE:
+                    outcome = await self._settled_authorization(key, authorization, report)
+                    if outcome is not None:
+                        return outcome
+                    authorization = None
+        if authorization is not None:
+            outcome = await self._settle_authorization(key, authorization)
+            if outcome is not None:
+                return outcome
         return await self._finish(
             PayoutOutcome(key, PayoutState.FAILED, error=f"{policy.max_attempts} attempts used; last: {self._error}"),
             failure_kind="AttemptsExhausted",
         )
+
+    # -- steps ---------------------------------------------------------------------------
+
+    async def _start(self, request: PayoutRequest) -> PayoutStart:
+        start: PayoutStart = await self._local(
+            RecordActivities.start_payout,
+            request,
+            retry_policy=DB_RETRY,
+            timeout=DB_TIMEOUT,
+            summary="record the payout (unique key)",
+        )
+        return start
 
     async def _local(
         self,
@@ -257,14 +318,19 @@ class PayoutWorkflow:
         timeout: timedelta = CHAIN_TIMEOUT,
         summary: str | None = None,
     ) -> Any:
-        return await workflow.execute_local_activity_method(
-            activity,
-            arg,
-            start_to_close_timeout=timeout,
-            retry_policy=retry_policy,
-            local_retry_threshold=LOCAL_RETRY_THRESHOLD,
-            summary=summary,
-        )
+        try:
+            return await workflow.execute_local_activity_method(
+                activity,
+                arg,
+                start_to_close_timeout=timeout,
+                retry_policy=retry_policy,
+                local_retry_threshold=LOCAL_RETRY_THRESHOLD,
+                summary=summary,
+            )
+        except (ActivityError, ApplicationError) as exc:
+            if _error_type(exc) == ALREADY_PAID:
+                raise _AlreadyPaid() from exc
+            raise
 
     async def _settle_recorded(
         self, key: str, unsettled: list[RecordedEnvelope], policy: PayoutPolicy
@@ -280,9 +346,13 @@ class PayoutWorkflow:
                 max_time=old.max_time,
                 fee=0,
                 resource_fee=0,
-                built_at_ledger=0,
+                # Recorded before the ledger was kept: only an RPC holding every ledger
+                # from the first can prove it dead.
+                built_at_ledger=old.built_at_ledger if old.built_at_ledger is not None else 0,
             )
-            lookup = await self._settle(key, old.attempt, built, old.signed_xdr, None, policy)
+            lookup = await self._settle(key, old.attempt, built, None, policy)
+            if isinstance(lookup, PayoutOutcome):
+                return lookup
             if lookup is not None and lookup.status == "SUCCESS":
                 return await self._confirmed(key, old.tx_hash, lookup)
         return None
@@ -293,46 +363,187 @@ class PayoutWorkflow:
         attempt: int,
         built: BuiltEnvelope,
         signed_xdr: str | None,
-        since_ledger: int | None,
         policy: PayoutPolicy,
-    ) -> EnvelopeLookup | None:
+    ) -> EnvelopeLookup | PayoutOutcome | None:
         """Send (unless ``signed_xdr`` is None) and follow the envelope until it is settled;
-        None if it was not sent because an older envelope of the payout is unsettled."""
+        None if it was not sent because an older envelope of the payout is unsettled. An
+        envelope whose fate is unknown parks the payout: the operator's answer (the
+        payout's outcome, or NOT_FOUND: it never applied) or the later lookup that
+        settled it."""
+        lookup = await self._follow(key, attempt, built, signed_xdr, policy)
+        if lookup is None or lookup.status != UNKNOWN:
+            return lookup
+        return await self._park_envelope(key, attempt, built, lookup, policy)
+
+    async def _follow(
+        self, key: str, attempt: int, built: BuiltEnvelope, signed_xdr: str | None, policy: PayoutPolicy
+    ) -> EnvelopeLookup | None:
+        """The settle activity: its lookup (UNKNOWN included), or None (an older envelope
+        of the payout is unsettled)."""
         remaining = max(0, built.max_time - int(workflow.now().timestamp()))
         try:
             lookup: EnvelopeLookup = await workflow.execute_activity_method(
                 SettlementActivities.settle_envelope,
-                SettleInput(
-                    key, attempt, built, signed_xdr, since_ledger, policy.confirm_poll_ms, policy.confirm_max_polls
-                ),
+                SettleInput(key, attempt, built, signed_xdr, policy.confirm_poll_ms, policy.confirm_max_polls),
                 start_to_close_timeout=timedelta(seconds=remaining) + SETTLE_SLACK,
                 heartbeat_timeout=max(SETTLE_HEARTBEAT, 3 * timedelta(milliseconds=policy.confirm_poll_ms)),
                 retry_policy=SETTLE_RETRY,
                 summary=f"{'send and confirm' if signed_xdr else 'look up'} envelope {built.tx_hash[:16]}…",
             )
         except ActivityError as exc:
-            if isinstance(exc.cause, ApplicationError) and exc.cause.type == UNSETTLED_ENVELOPE:
+            kind = _error_type(exc)
+            if kind == UNSETTLED_ENVELOPE:
                 return None
+            if kind == ALREADY_PAID:
+                raise _AlreadyPaid() from exc
             raise
         return lookup
 
-    async def _authorization_used(self, authorization: AuthorizationRequest) -> bool:
-        """Wait until the authorization is used or expired; True if a transaction used it."""
+    async def _park_envelope(
+        self, key: str, attempt: int, built: BuiltEnvelope, lookup: EnvelopeLookup, policy: PayoutPolicy
+    ) -> EnvelopeLookup | PayoutOutcome:
+        item = ParkedItem(
+            key,
+            f"envelope {built.tx_hash} is past its bound, but the RPC's history (from ledger "
+            f"{lookup.oldest_ledger}) no longer reaches ledger {built.built_at_ledger + 1}: whether it applied is "
+            "unknown; find out from a full history and answer with resolve_parked",
+            tx_hash=built.tx_hash,
+        )
+        paid = await self._park(item)
+        if paid is not None:
+            return paid
+        wait = PARKED_RECHECK_FIRST
         while True:
-            state = await self._local(ChainActivities.authorization_state, authorization)
-            if state != "live":
-                return bool(state == "used")
-            await workflow.sleep(AUTHORIZATION_CHECK_INTERVAL)
+            resolution = await self._wait_for_resolution(wait)
+            if resolution is not None:
+                outcome = await self._resolve(resolution)
+                return outcome if outcome is not None else replace(lookup, status="NOT_FOUND")
+            again = await self._follow(key, attempt, built, None, policy)
+            if again is not None and again.status != UNKNOWN:
+                await self._unpark()
+                return again
+            wait = min(wait * 2, PARKED_RECHECK_MAX)
 
-    async def _paid_elsewhere(self, key: str, authorization: AuthorizationRequest) -> PayoutOutcome:
+    # -- authorizations (channels) ----------------------------------------------------
+
+    async def _nonce_report(self, authorization: AuthorizationRequest) -> NonceReport:
+        report: NonceReport = await self._local(
+            ChainActivities.authorization_state, authorization, summary=f"check nonce {authorization.nonce}"
+        )
+        return report
+
+    async def _settle_authorization(self, key: str, authorization: AuthorizationRequest) -> PayoutOutcome | None:
+        """Wait until the authorization can provably never pay again: the payout's outcome if
+        a transaction used it (or an operator says it paid), None if it provably never did."""
+        while True:
+            report = await self._nonce_report(authorization)
+            authorization = replace(authorization, unused_through_ledger=report.unused_through_ledger)
+            if report.state != NonceState.LIVE:
+                return await self._settled_authorization(key, authorization, report)
+            await workflow.sleep(timedelta(seconds=report.recheck_seconds))
+
+    async def _settled_authorization(
+        self, key: str, authorization: AuthorizationRequest, report: NonceReport
+    ) -> PayoutOutcome | None:
+        """The outcome for a nonce that is no longer LIVE: paid elsewhere (USED), None
+        (UNUSED), or what an operator decides (UNKNOWN: parked)."""
+        if report.state == NonceState.USED:
+            return await self._paid_elsewhere(key, authorization, report)
+        if report.state == NonceState.UNUSED:
+            return None
+        item = ParkedItem(
+            key,
+            f"authorization nonce {authorization.nonce} (valid until ledger {authorization.valid_until_ledger}) "
+            f"was last proven unused at ledger {authorization.unused_through_ledger}; its use would have expired "
+            "from the ledger and the RPC's history no longer reaches it: whether it paid is unknown; find out from "
+            "a full history and answer with resolve_parked",
+            nonce=authorization.nonce,
+            valid_until_ledger=authorization.valid_until_ledger,
+        )
+        paid = await self._park(item)
+        if paid is not None:
+            return paid
+        wait = PARKED_RECHECK_FIRST
+        while True:
+            resolution = await self._wait_for_resolution(wait)
+            if resolution is not None:
+                return await self._resolve(resolution)
+            report = await self._nonce_report(authorization)
+            if report.state == NonceState.USED:
+                return await self._paid_elsewhere(key, authorization, report)
+            if report.state == NonceState.UNUSED:
+                await self._unpark()
+                return None
+            wait = min(wait * 2, PARKED_RECHECK_MAX)
+
+    async def _paid_elsewhere(
+        self, key: str, authorization: AuthorizationRequest, report: NonceReport
+    ) -> PayoutOutcome:
         return await self._finish(
             PayoutOutcome(
                 key,
                 PayoutState.CONFIRMED,
+                tx_hash=report.used_tx_hash,
+                ledger=report.used_ledger,
                 error=f"paid by a transaction this engine did not send, carrying its authorization "
                 f"(nonce {authorization.nonce})",
             )
         )
+
+    # -- parking -------------------------------------------------------------------------
+
+    async def _park(self, item: ParkedItem) -> PayoutOutcome | None:
+        """Show the payout PARKED (status, search attribute, DB, a metric) until
+        :meth:`_unpark` or an operator's answer; the outcome instead if the DB already
+        knows a payment."""
+        workflow.logger.warning("payout PARKED: %s", item.reason)
+        paid: PayoutOutcome | None = await self._local(
+            RecordActivities.park_payout, item, retry_policy=DB_RETRY, timeout=DB_TIMEOUT, summary="park the payout"
+        )
+        if paid is not None:
+            return await self._finish(paid, recorded=True, count=False)
+        self._parked, self._state_before_park = item, self._status.state
+        self._set_state(PayoutState.PARKED, last_error=item.reason, upsert=True)
+        metrics.record_parked(self._asset, "envelope" if item.tx_hash is not None else "authorization")
+        return None
+
+    async def _unpark(self) -> None:
+        """Settled after all (a later look found the answer): back in flight, in the DB too."""
+        assert self._parked is not None
+        await self._local(
+            RecordActivities.resume_payout,
+            self._parked,
+            retry_policy=DB_RETRY,
+            timeout=DB_TIMEOUT,
+            summary="resume the payout",
+        )
+        self._parked = None
+        self._set_state(self._state_before_park, upsert=True)
+
+    async def _wait_for_resolution(self, timeout: timedelta) -> ParkResolution | None:
+        try:
+            await workflow.wait_condition(lambda: self._resolution is not None, timeout=timeout)
+        except TimeoutError:
+            return None
+        resolution, self._resolution = self._resolution, None
+        return resolution
+
+    async def _resolve(self, resolution: ParkResolution) -> PayoutOutcome | None:
+        """Record an operator's answer: the payout's outcome if it was paid, else None."""
+        outcome: PayoutOutcome | None = await self._local(
+            RecordActivities.resolve_parked,
+            resolution,
+            retry_policy=DB_RETRY,
+            timeout=DB_TIMEOUT,
+            summary="record the operator's answer",
+        )
+        self._parked = None
+        if outcome is None:
+            self._set_state(self._state_before_park, upsert=True)
+            return None
+        return await self._finish(outcome, recorded=True)
+
+    # -- signatures ------------------------------------------------------------------------
 
     async def _await_signature(self, awaited: BuiltEnvelope | AuthorizationRequest) -> str | None:
         """The first valid external signature, or None once the envelope's bound (or the
@@ -350,7 +561,7 @@ class PayoutWorkflow:
             self._set_state(
                 PayoutState.AWAITING_SIGNATURE, unsigned_xdr=awaited.unsigned_xdr, tx_hash=awaited.tx_hash, upsert=True
             )
-            deadline = awaited.max_time - SIGNING_MARGIN_SECONDS
+            deadline = awaited.sign_by
         try:
             while self._accepted_signature is None:
                 remaining = deadline - workflow.now().timestamp()
@@ -385,6 +596,8 @@ class PayoutWorkflow:
             self._status.last_error = f"signature rejected: {reason}"
         return reason
 
+    # -- outcomes --------------------------------------------------------------------------
+
     async def _confirmed(self, key: str, tx_hash: str, lookup: EnvelopeLookup) -> PayoutOutcome:
         """Paid: ``settle_envelope`` recorded it with the envelope and freed the lease."""
         return await self._finish(
@@ -398,13 +611,17 @@ class PayoutWorkflow:
         self, outcome: PayoutOutcome, *, recorded: bool = False, count: bool = True, failure_kind: str | None = None
     ) -> PayoutOutcome:
         if not recorded:
-            await workflow.execute_local_activity_method(
+            # The DB's answer wins: a run that would fail a key the DB knows as paid
+            # reports that payment instead.
+            stored: PayoutOutcome = await self._local(
                 RecordActivities.finish_payout,
                 outcome,
-                start_to_close_timeout=DB_TIMEOUT,
                 retry_policy=DB_RETRY,
+                timeout=DB_TIMEOUT,
                 summary=f"record the outcome: {outcome.state}",
             )
+            if stored.state != outcome.state:
+                outcome, count, failure_kind = stored, False, None
         self._set_state(
             PayoutState(outcome.state),
             tx_hash=outcome.tx_hash,
@@ -491,6 +708,30 @@ class PayoutWorkflow:
             raise ValueError(too_long)
         if self._awaiting is None:
             raise ValueError(f"the payout is not awaiting a signature (state {self._status.state.value})")
+
+    @workflow.update
+    def resolve_parked(self, answer: Any) -> str:
+        """An operator's answer for a PARKED payout: ``{"paid_tx_hash": "<64 hex>"}`` (it
+        was paid by that transaction: the payout is CONFIRMED with it) or
+        ``{"not_paid": true}`` (what was parked never applied: the payout goes on).
+        Checked by the validator; ``recorded`` once accepted."""
+        assert self._parked is not None and isinstance(answer, dict)  # guaranteed by the validator
+        self._resolution = ParkResolution(self._parked, answer.get("paid_tx_hash"))
+        return "recorded"
+
+    @resolve_parked.validator
+    def _validate_resolution(self, answer: Any) -> None:
+        if self._parked is None or self._resolution is not None:
+            raise ValueError(f"the payout is not parked (state {self._status.state.value})")
+        if not isinstance(answer, dict) or len(answer) != 1:
+            raise ValueError('answer must be {"paid_tx_hash": "<64 lowercase hex>"} or {"not_paid": true}')
+        paid_by = answer.get("paid_tx_hash")
+        if "paid_tx_hash" in answer and not (isinstance(paid_by, str) and _TX_HASH.fullmatch(paid_by)):
+            raise ValueError("paid_tx_hash must be a transaction hash: 64 lowercase hex digits")
+        if "not_paid" in answer and answer["not_paid"] is not True:
+            raise ValueError("not_paid must be true")
+        if "paid_tx_hash" not in answer and "not_paid" not in answer:
+            raise ValueError('answer must be {"paid_tx_hash": "<64 lowercase hex>"} or {"not_paid": true}')
 
 
 def _reason(error: ActivityError | ApplicationError) -> str:

@@ -14,7 +14,7 @@ from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.engine import Connection
 from sqlmodel import SQLModel
 
-from payouts import leases  # noqa: F401  (registers account_leases in the metadata)
+from payouts import authorization_store, leases  # noqa: F401  (register their tables in the metadata)
 from payouts.db import UTCDateTime, make_engine
 
 config = context.config
