@@ -121,7 +121,7 @@ async def transfer(
 
 async def balance(server: SorobanServerAsync, keypair: Keypair) -> int:
     key = x.LedgerKey(x.LedgerEntryType.ACCOUNT, account=x.LedgerKeyAccount(keypair.xdr_account_id()))
-    (entry,) = (await server.get_ledger_entries([key])).entries
+    (entry,) = (await server.get_ledger_entries([key])).entries or []
     account = x.LedgerEntryData.from_xdr(entry.xdr).account
     assert account is not None
     return account.balance.int64
@@ -129,6 +129,7 @@ async def balance(server: SorobanServerAsync, keypair: Keypair) -> int:
 
 def address_entry(envelope: TransactionEnvelope) -> x.SorobanAuthorizationEntry:
     (entry,) = envelope.transaction.operations[0].auth  # type: ignore[attr-defined]
+    assert isinstance(entry, x.SorobanAuthorizationEntry)
     assert entry.credentials.type in (
         x.SorobanCredentialsType.SOROBAN_CREDENTIALS_ADDRESS,
         x.SorobanCredentialsType.SOROBAN_CREDENTIALS_ADDRESS_V2,
@@ -184,7 +185,8 @@ def config_key(setting: x.ConfigSettingID) -> x.LedgerKey:
 
 
 async def state_archival(server: SorobanServerAsync) -> x.StateArchivalSettings:
-    (entry,) = (await server.get_ledger_entries([config_key(x.ConfigSettingID.CONFIG_SETTING_STATE_ARCHIVAL)])).entries
+    key = config_key(x.ConfigSettingID.CONFIG_SETTING_STATE_ARCHIVAL)
+    (entry,) = (await server.get_ledger_entries([key])).entries or []
     setting = x.LedgerEntryData.from_xdr(entry.xdr).config_setting
     assert setting is not None and setting.state_archival_settings is not None
     return setting.state_archival_settings
@@ -331,7 +333,7 @@ async def test_state_archival_and_scp_timing_config_settings(manual: tuple[Devne
         config_key(x.ConfigSettingID.CONFIG_SETTING_SCP_TIMING),
     ]
     found = await server.get_ledger_entries(keys)
-    archival_entry, timing_entry = found.entries
+    archival_entry, timing_entry = found.entries or []
     assert archival_entry.live_until_ledger is None and timing_entry.live_until_ledger is None
     archival = x.LedgerEntryData.from_xdr(archival_entry.xdr).config_setting
     timing = x.LedgerEntryData.from_xdr(timing_entry.xdr).config_setting
