@@ -8,7 +8,8 @@ from pathlib import Path
 
 from aiohttp import web
 
-from devnet.ledger import STANDALONE_PASSPHRASE, Devnet
+from devnet.ledger import DEFAULT_RETENTION_LEDGERS, STANDALONE_PASSPHRASE, Devnet
+from devnet.network_config import DEFAULT_MIN_TEMP_TTL, MAX_ENTRY_TTL, MAX_UINT32, PROTOCOL_MIN_TEMP_TTL
 from devnet.server import DevnetServer
 
 
@@ -22,16 +23,46 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--passphrase", default=STANDALONE_PASSPHRASE)
     parser.add_argument("--max-tx-set-size", type=int, default=1000, help="transactions per ledger at most")
+    parser.add_argument(
+        "--min-temp-ttl",
+        type=int,
+        default=DEFAULT_MIN_TEMP_TTL,
+        help=f"minimum TTL of temporary entries, in ledgers (default {DEFAULT_MIN_TEMP_TTL}, the protocol "
+        "minimum; testnet runs 720)",
+    )
+    parser.add_argument(
+        "--retention-ledgers",
+        type=int,
+        default=DEFAULT_RETENTION_LEDGERS,
+        help=f"ledgers of transaction history kept (default {DEFAULT_RETENTION_LEDGERS:,}, stellar-rpc's "
+        "HISTORY_RETENTION_WINDOW)",
+    )
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     if args.ledger_close_ms < 10:
         parser.error("--ledger-close-ms must be at least 10")
+    if args.ledger_close_ms > MAX_UINT32:
+        parser.error(f"--ledger-close-ms must be at most {MAX_UINT32}")
+    if not PROTOCOL_MIN_TEMP_TTL <= args.min_temp_ttl < MAX_ENTRY_TTL:
+        parser.error(
+            f"--min-temp-ttl must be between {PROTOCOL_MIN_TEMP_TTL} (the protocol minimum) and "
+            f"{MAX_ENTRY_TTL - 1} (below the max entry TTL)"
+        )
+    if not 1 <= args.retention_ledgers <= MAX_UINT32:
+        parser.error(f"--retention-ledgers must be between 1 and {MAX_UINT32}")
     if not 1 <= args.port <= 65535:
         parser.error("--port must be between 1 and 65535")
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     try:
-        devnet = Devnet(args.passphrase, max_tx_set_size=args.max_tx_set_size, state_file=args.state_file)
+        devnet = Devnet(
+            args.passphrase,
+            retention_ledgers=args.retention_ledgers,
+            max_tx_set_size=args.max_tx_set_size,
+            state_file=args.state_file,
+            min_temp_ttl=args.min_temp_ttl,
+            ledger_close_ms=args.ledger_close_ms,
+        )
     except (ValueError, KeyError, TypeError) as exc:  # a state file of another network, or not a state file
         parser.error(f"cannot use state file {args.state_file}: {exc}")
     url = f"http://{args.host}:{args.port}"

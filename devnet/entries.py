@@ -5,11 +5,17 @@ applied) keyed by a hashable :data:`EntryKey`. Each entry converts to the XDR
 ``LedgerEntry`` that a real network would return from ``getLedgerEntries`` or put into
 transaction meta, and every XDR ``LedgerKey`` that devnet understands converts back to an
 :data:`EntryKey`. Keys of any other kind are "not supported by devnet".
+
+Temporary entries (devnet's only kind: consumed authorization nonces) carry their TTL as
+``live_until``, the last ledger in which they are live, and it is persisted with them in the
+state file's JSON. An entry past its TTL is absent for every reader although it may still
+be held until it is evicted (:class:`devnet.state.LedgerState`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from dataclasses import dataclass, field
 from functools import lru_cache
 
@@ -45,6 +51,14 @@ def instance_key(contract_id: str) -> EntryKey:
 
 def nonce_key(address: str, nonce: int) -> EntryKey:
     return ("nonce", address, str(nonce))
+
+
+# The kinds of entry whose key is CONTRACT_DATA with TEMPORARY durability.
+TEMPORARY_KINDS = frozenset({"nonce"})
+
+
+def is_temporary(key: EntryKey) -> bool:
+    return key[0] in TEMPORARY_KINDS
 
 
 # StrKey encoding and decoding (base32 + CRC16 in pure Python) dominated the cost of
@@ -193,6 +207,15 @@ def key_to_xdr(key: EntryKey) -> x.LedgerKey:
             x.ContractDataDurability.TEMPORARY,
         )
     raise AssertionError(f"unknown entry kind {kind}")
+
+
+def ttl_key_xdr(key: EntryKey) -> x.LedgerKey:
+    """The TTL entry's key of a Soroban entry: sha256 of the entry key's XDR
+    (stellar-core src/ledger/LedgerTypeUtils.cpp, getTTLKey)."""
+    return x.LedgerKey(
+        x.LedgerEntryType.TTL,
+        ttl=x.LedgerKeyTtl(key_hash=x.Hash(hashlib.sha256(key_to_xdr(key).to_xdr_bytes()).digest())),
+    )
 
 
 def key_from_xdr(key: x.LedgerKey) -> EntryKey:
@@ -403,7 +426,8 @@ class ContractInstanceEntry:
 
 @dataclass
 class NonceEntry:
-    """A consumed Soroban authorization nonce (a temporary entry until it expires)."""
+    """A consumed Soroban authorization nonce: a TEMPORARY contract data entry, live up to and
+    including ledger ``live_until`` (its TTL entry's liveUntilLedgerSeq)."""
 
     address: str
     nonce: int

@@ -6,6 +6,14 @@ recorded, not checked) or enforcing mode (apply: every ``require_auth`` needs a 
 correctly signed, unexpired, unused authorization entry). Failures raise
 :class:`HostError` with the host's error text, e.g. ``Error(Contract, #10)``.
 
+An address authorization is checked in soroban-env-host's order (auth.rs,
+``AccountAuthorizationTracker::verify_and_consume_nonce`` after ``authenticate``): the
+signatures first (any failure is ``Error(Auth, InvalidAction)``), then the signature
+expiration ledger (``Error(Auth, InvalidInput)`` when it is before the ledger being applied or
+later than that ledger + max entry TTL - 1), then the nonce (``Error(Auth, ExistingValue)``
+when its entry is live). The consumed nonce is written as a temporary entry live until
+max(signature expiration ledger, ledger + minimum temporary TTL - 1) (``Host::consume_nonce``).
+
 Costs are a deterministic model, not Wasm metering: each call has a fixed instruction
 count and each entry a fixed byte size, so simulation and apply always agree.
 """
@@ -41,12 +49,14 @@ from devnet.entries import (
     trustline_key,
 )
 from devnet.errors import NotSupported
+from devnet.network_config import DEFAULT_MIN_TEMP_TTL, MAX_ENTRY_TTL
 from devnet.state import LedgerTxn
 
 MAX_INT64 = 2**63 - 1
 MAX_I128 = 2**127 - 1
-# Longest a signed authorization may stay valid, in ledgers (the network's max entry TTL).
-MAX_SIGNATURE_TTL = 3_110_400
+# Longest a signed authorization may stay valid, in ledgers: the network's max entry TTL
+# (soroban-env-host auth.rs, verify_and_consume_nonce, against Host::max_live_until_ledger).
+MAX_SIGNATURE_TTL = MAX_ENTRY_TTL
 
 INSTRUCTIONS_PER_CALL = 400_000
 INSTRUCTIONS_PER_TRANSFER = 900_000
@@ -170,9 +180,23 @@ class _Run:
 class SorobanHost:
     """Runs contract invocations for one network."""
 
-    def __init__(self, passphrase: str) -> None:
+    def __init__(
+        self, passphrase: str, min_temp_ttl: int = DEFAULT_MIN_TEMP_TTL, max_entry_ttl: int = MAX_SIGNATURE_TTL
+    ) -> None:
         self.passphrase = passphrase
         self.network_id = hashlib.sha256(passphrase.encode()).digest()
+        self.min_temp_ttl = min_temp_ttl
+        self.max_entry_ttl = max_entry_ttl
+
+    def min_live_until(self, ledger_seq: int) -> int:
+        """The earliest live-until ledger of a temporary entry written at ``ledger_seq``
+        (soroban-env-host ledger_info.rs, min_live_until_ledger_checked: the ledger counts)."""
+        return ledger_seq + self.min_temp_ttl - 1
+
+    def max_live_until(self, ledger_seq: int) -> int:
+        """The latest live-until ledger of any entry written at ``ledger_seq``
+        (soroban-env-host ledger_info.rs, max_live_until_ledger_checked)."""
+        return ledger_seq + self.max_entry_ttl - 1
 
     def invoke(
         self,
@@ -369,8 +393,10 @@ class SorobanHost:
             )
         else:
             creds = x.SorobanCredentials(x.SorobanCredentialsType.SOROBAN_CREDENTIALS_ADDRESS, address=address_creds)
-        # The nonce entry is written at apply; recording it puts its key in the footprint.
-        run.ltx.put(NonceEntry(address, nonce, live_until=run.ledger_seq))
+        # The nonce entry is written at apply; recording it puts its key in the footprint. The
+        # recording host consumes it with the longest TTL a signature could ask for
+        # (auth.rs, AccountAuthorizationTracker::new_recording).
+        run.ltx.put(NonceEntry(address, nonce, live_until=self.max_live_until(run.ledger_seq)))
         return x.SorobanAuthorizationEntry(credentials=creds, root_invocation=invocation)
 
     def _check_address_credentials(self, run: _Run, entry: x.SorobanAuthorizationEntry) -> None:
@@ -381,23 +407,46 @@ class SorobanHost:
         address = sc_address_str(address_creds.address)
         if address.startswith("C"):
             raise NotSupported("contract account (__check_auth) authorization")
+        try:
+            self._authenticate(run, entry, address_creds, address)
+        except HostError as exc:
+            # auth.rs, AccountAuthorizationTracker::maybe_authorize_invocation: a failed
+            # authentication is reported as an auth error, the cause in its detail.
+            raise HostError(
+                "Error(Auth, InvalidAction)", f"failed account authentication with error {exc.error}: {exc.detail}"
+            ) from exc
+        # auth.rs, verify_and_consume_nonce: expired when the ledger being applied is past the
+        # signature expiration ledger; too late when that is beyond the max live-until ledger.
         expiration = address_creds.signature_expiration_ledger.uint32
-        if expiration < run.ledger_seq:
-            raise HostError("Error(Auth, InvalidInput)", f"signature for {address} expired at ledger {expiration}")
-        if expiration > run.ledger_seq + MAX_SIGNATURE_TTL - 1:
-            raise HostError("Error(Auth, InvalidInput)", f"signature expiration ledger {expiration} is too far ahead")
+        if run.ledger_seq > expiration:
+            raise HostError(
+                "Error(Auth, InvalidInput)",
+                f"signature has expired: {address} signed until ledger {expiration}, ledger is {run.ledger_seq}",
+            )
+        max_live_until = self.max_live_until(run.ledger_seq)
+        if expiration > max_live_until:
+            raise HostError(
+                "Error(Auth, InvalidInput)",
+                f"signature expiration is too late: ledger {expiration} is beyond {max_live_until}",
+            )
         nonce = address_creds.nonce.int64
+        # A nonce entry past its TTL reads as absent (LedgerTxn.get), as for the real host.
         if run.ltx.get(nonce_key(address, nonce)) is not None:
-            raise HostError("Error(Storage, ExistingValue)", f"nonce {nonce} of {address} was already used")
+            raise HostError("Error(Auth, ExistingValue)", f"nonce already exists for address {address}: {nonce}")
+        # Host::consume_nonce: live until the signature expires, and at least the minimum temporary TTL.
+        run.ltx.put(NonceEntry(address, nonce, live_until=max(expiration, self.min_live_until(run.ledger_seq))))
+
+    def _authenticate(
+        self, run: _Run, entry: x.SorobanAuthorizationEntry, address_creds: x.SorobanAddressCredentials, address: str
+    ) -> None:
         account = run.ltx.get(account_key(address))
         if not isinstance(account, AccountEntry):
-            raise HostError("Error(Auth, InvalidAction)", f"account {address} does not exist")
+            raise HostError("Error(Storage, MissingValue)", f"account {address} does not exist")
         payload = hashlib.sha256(_auth_preimage(entry, address_creds, run.network_id).to_xdr_bytes()).digest()
         weight = _signature_weight(account, address_creds.signature, payload)
         if weight < max(account.thresholds[2], 1):
             raise HostError("Error(Auth, InvalidAction)", f"signatures of {address} do not meet its medium threshold")
         run.instructions += INSTRUCTIONS_PER_SIGNATURE
-        run.ltx.put(NonceEntry(address, nonce, live_until=expiration))
 
 
 def _credential_address(creds: x.SorobanCredentials) -> str | None:

@@ -17,6 +17,26 @@ loop. It follows stellar-core where the payout engine can tell the difference:
   opNO_ACCOUNT; applied hashes are banned for 10 ledgers (re-sending → TRY_AGAIN_LATER,
   then txBAD_SEQ from ``checkValid``), never DUPLICATE.
 
+State and history (options with the real network's defaults):
+
+- temporary entries (consumed authorization nonces) live until their live-until ledger and
+  are absent to every reader after it (``min_temp_ttl``, default 16, the protocol minimum;
+  see :mod:`devnet.state` and :mod:`devnet.host`); each ledger close evicts the ones that
+  expired, and lists them (with their TTL keys) in the ledger's close meta ``evictedKeys``;
+- history is kept for ``retention_ledgers`` ledgers (default 120,960, stellar-rpc's
+  HISTORY_RETENTION_WINDOW): ledgers older than the latest - window + 1 and their
+  transactions are forgotten (stellar-rpc cmd/stellar-rpc/internal/db: trimLedgers,
+  trimTransactions);
+- the network configuration (``network_config``) is readable as CONFIG_SETTING entries.
+
+The state file (``--state-file``) is one JSON document, rewritten atomically when a ledger
+with transactions closes, after admin changes and on shutdown: the entries (a temporary
+entry with its ``live_until``), the retained transactions, and the retained ledgers in a
+compact form — the first ledger's hashes, every close time as a difference from the
+previous one, and the transaction hashes of the ledgers that have any; the other ledger
+hashes are recomputed on load (and checked against the latest one's), so a long window of
+empty ledgers costs a few bytes each.
+
 Deliberate simplifications (documented in README.md): the whole declared resource
 fee is charged (no refund of the refundable part); Stellar Asset Contracts exist
 implicitly — XLM's from genesis, an issued asset's from the first trustline to it.
@@ -25,6 +45,7 @@ implicitly — XLM's from genesis, an issued asset's from the first trustline to
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -40,18 +61,21 @@ from stellar_sdk import xdr as x
 from devnet.entries import (
     AccountEntry,
     ContractInstanceEntry,
+    EntryKey,
     account_key,
     entry_from_json,
     entry_to_json,
     instance_key,
     key_from_xdr,
     key_to_xdr,
+    ttl_key_xdr,
 )
 from devnet.errors import NotSupported
 from devnet.faults import Faults
 from devnet.fees import resource_fee
 from devnet.host import HostError, SorobanHost, invocation_from_host_function
 from devnet.meta import transaction_meta
+from devnet.network_config import DEFAULT_LEDGER_CLOSE_MS, DEFAULT_MIN_TEMP_TTL, MAX_UINT32, NetworkConfig
 from devnet.operations import account_merge, change_trust, create_account, is_success, payment
 from devnet.state import LedgerChange, LedgerState, LedgerTxn
 from devnet.transactions import BASE_FEE, TC, ParsedTransaction, check_valid, parse_envelope
@@ -63,7 +87,11 @@ PROTOCOL_VERSION = 23
 TOTAL_COINS = 100_000_000_000 * 10_000_000
 QUEUE_LEDGERS = 4
 BAN_LEDGERS = 10
-DEFAULT_RETENTION_LEDGERS = 17_280  # one day of 5-second ledgers
+# stellar-rpc cmd/stellar-rpc/internal/config/options.go: history-retention-window defaults to
+# SevenDayOfLedgers = 7 × 17,280.
+DEFAULT_RETENTION_LEDGERS = 120_960
+# The admin endpoint closes at most this many ledgers in one request.
+MAX_CLOSE_LEDGERS = 200_000
 DEFAULT_MAX_TX_SET_SIZE = 1_000
 
 
@@ -83,13 +111,21 @@ class TransactionRecord:
     result_meta_xdr: str
 
 
-@dataclass
+def ledger_hash(previous_hash: bytes, sequence: int, tx_hashes: list[str]) -> bytes:
+    """devnet's ledger hash: chained over the previous hash and the ledger's transactions."""
+    return hashlib.sha256(previous_hash + sequence.to_bytes(4, "big") + "".join(tx_hashes).encode()).digest()
+
+
+@dataclass(slots=True)
 class LedgerRecord:
     sequence: int
     close_time: int
     hash: bytes
     previous_hash: bytes
     tx_hashes: list[str] = field(default_factory=list)
+    # Temporary entries evicted at this ledger's close (kept in memory only: the close meta
+    # of a ledger closed before a restart lists none).
+    evicted: tuple[EntryKey, ...] = ()
 
     def header(self) -> x.LedgerHeader:
         return x.LedgerHeader(
@@ -135,7 +171,9 @@ class LedgerRecord:
                 upgrades_processing=[],
                 scp_info=[],
                 total_byte_size_of_live_soroban_state=x.Uint64(0),
-                evicted_keys=[],
+                # stellar-core LedgerCloseMetaFrame::populateEvictedEntries: a temporary
+                # entry's key and its TTL entry's key.
+                evicted_keys=[k for key in self.evicted for k in (key_to_xdr(key), ttl_key_xdr(key))],
             ),
         )
 
@@ -173,13 +211,19 @@ class Devnet:
         retention_ledgers: int = DEFAULT_RETENTION_LEDGERS,
         max_tx_set_size: int = DEFAULT_MAX_TX_SET_SIZE,
         state_file: Path | None = None,
+        min_temp_ttl: int = DEFAULT_MIN_TEMP_TTL,
+        ledger_close_ms: int = DEFAULT_LEDGER_CLOSE_MS,
     ) -> None:
+        # stellar-rpc validates history-retention-window as positive; it is a uint32.
+        if not 1 <= retention_ledgers <= MAX_UINT32:
+            raise ValueError(f"retention_ledgers: must be an integer from 1 to {MAX_UINT32}, got {retention_ledgers}")
         self.passphrase = passphrase
         self.network_id = hashlib.sha256(passphrase.encode()).digest()
         self.retention_ledgers = retention_ledgers
         self.max_tx_set_size = max_tx_set_size
         self.state_file = state_file
-        self.host = SorobanHost(passphrase)
+        self.network_config = NetworkConfig(PROTOCOL_VERSION, min_temp_ttl, ledger_close_ms)
+        self.host = SorobanHost(passphrase, min_temp_ttl, self.network_config.max_entry_ttl)
         self.faults = Faults()
         self.state = LedgerState()
         self.queue: OrderedDict[str, _Queued] = OrderedDict()
@@ -260,16 +304,7 @@ class Devnet:
             return
         body = {
             "passphrase": self.passphrase,
-            "ledgers": [
-                {
-                    "sequence": r.sequence,
-                    "close_time": r.close_time,
-                    "hash": r.hash.hex(),
-                    "previous_hash": r.previous_hash.hex(),
-                    "tx_hashes": r.tx_hashes,
-                }
-                for r in self.ledgers.values()
-            ],
+            "history": self._history_json(),
             "entries": [entry_to_json(e) for e in self.state.entries.values()],
             "transactions": [
                 {
@@ -289,21 +324,57 @@ class Devnet:
         tmp.write_text(json.dumps(body))
         os.replace(tmp, self.state_file)
 
+    def _history_json(self) -> dict[str, Any]:
+        """The retained ledgers, compactly: a window of ~120k mostly empty ledgers costs a few
+        bytes per ledger, so rewriting the state file stays cheap."""
+        records = list(self.ledgers.values())
+        first, latest = records[0], records[-1]
+        close_times = [first.close_time] + [b.close_time - a.close_time for a, b in itertools.pairwise(records)]
+        return {
+            "first_sequence": first.sequence,
+            "first_hash": first.hash.hex(),
+            "first_previous_hash": first.previous_hash.hex(),
+            "latest_hash": latest.hash.hex(),
+            "close_times": close_times,
+            "tx_hashes": {str(r.sequence): r.tx_hashes for r in records if r.tx_hashes},
+        }
+
+    def _load_history(self, history: dict[str, Any], path: Path) -> None:
+        sequence = int(history["first_sequence"])
+        tx_hashes: dict[str, list[str]] = history["tx_hashes"]
+        previous_hash = bytes.fromhex(history["first_previous_hash"])
+        current_hash = bytes.fromhex(history["first_hash"])
+        if not history["close_times"]:
+            raise ValueError(f"state file {path}: the ledger history is empty")
+        close_time = 0
+        for index, delta in enumerate(history["close_times"]):
+            close_time = delta if index == 0 else close_time + delta
+            hashes = list(tx_hashes.get(str(sequence), []))
+            if index > 0:
+                current_hash = ledger_hash(previous_hash, sequence, hashes)
+            self.ledgers[sequence] = LedgerRecord(sequence, close_time, current_hash, previous_hash, hashes)
+            previous_hash = current_hash
+            sequence += 1
+        if self.latest.hash.hex() != history["latest_hash"]:
+            raise ValueError(f"state file {path}: the ledger history does not chain up to the latest ledger's hash")
+
     def _load(self, path: Path) -> None:
         body = json.loads(path.read_text())
         if body["passphrase"] != self.passphrase:
             raise ValueError(f"state file {path} belongs to network {body['passphrase']!r}")
-        for r in body["ledgers"]:
-            self.ledgers[r["sequence"]] = LedgerRecord(
-                r["sequence"],
-                r["close_time"],
-                bytes.fromhex(r["hash"]),
-                bytes.fromhex(r["previous_hash"]),
-                r["tx_hashes"],
-            )
+        if "history" in body:
+            self._load_history(body["history"], path)
+        else:  # the earlier format: one object per retained ledger
+            for r in body["ledgers"]:
+                self.ledgers[r["sequence"]] = LedgerRecord(
+                    r["sequence"],
+                    r["close_time"],
+                    bytes.fromhex(r["hash"]),
+                    bytes.fromhex(r["previous_hash"]),
+                    r["tx_hashes"],
+                )
         for e in body["entries"]:
-            entry = entry_from_json(e)
-            self.state.entries[entry.key()] = entry
+            self.state.put(entry_from_json(e))
         for t in body["transactions"]:
             self.transactions[t["hash"]] = TransactionRecord(
                 t["hash"],
@@ -315,6 +386,10 @@ class Devnet:
                 t["result_xdr"],
                 t["meta_xdr"],
             )
+        # A window narrower than the file's (a restart with a smaller --retention-ledgers)
+        # forgets the older history now; temporary entries that expired while devnet was
+        # down go at the next close.
+        self._trim_history()
         log.info("loaded %d entries at ledger %d from %s", len(self.state.entries), self.latest.sequence, path)
 
     # -- reads ---------------------------------------------------------------------
@@ -408,14 +483,24 @@ class Devnet:
                 self._dequeue(tx_hash)
                 self.bans[tx_hash] = seq + BAN_LEDGERS
         self.bans = {h: until for h, until in self.bans.items() if until > seq}
-        record.hash = hashlib.sha256(
-            previous.hash + seq.to_bytes(4, "big") + "".join(record.tx_hashes).encode()
-        ).digest()
+        record.hash = ledger_hash(previous.hash, seq, record.tx_hashes)
+        record.evicted = tuple(self.state.evict(seq))
         self.ledgers[seq] = record
         self._trim_history()
         if record.tx_hashes:
             self.save()
         return record
+
+    def close_ledgers(self, count: int, now: float | None = None) -> int:
+        """Close ``count`` ledgers, one after the other through :meth:`close_ledger` (fewer
+        while a ledger stall is injected), and save the state; the latest ledger's sequence."""
+        if not 1 <= count <= MAX_CLOSE_LEDGERS:
+            raise ValueError(f"count: must be an integer from 1 to {MAX_CLOSE_LEDGERS}, got {count}")
+        for _ in range(count):
+            if self.close_ledger(now) is None:
+                break
+        self.save()
+        return self.latest.sequence
 
     def _dequeue(self, tx_hash: str) -> None:
         queued = self.queue.pop(tx_hash)
@@ -423,6 +508,10 @@ class Devnet:
             del self.queued_accounts[queued.ptx.source]
 
     def _trim_history(self) -> None:
+        """Keep the latest ``retention_ledgers`` ledgers: as stellar-rpc's trimLedgers and
+        trimTransactions (cmd/stellar-rpc/internal/db/ledger.go, transaction.go) delete every
+        ledger and transaction below latest + 1 - window, so getTransaction answers NOT_FOUND
+        for those transactions and oldestLedger moves up."""
         while len(self.ledgers) > self.retention_ledgers:
             _, old = self.ledgers.popitem(last=False)
             for tx_hash in old.tx_hashes:

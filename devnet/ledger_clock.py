@@ -43,10 +43,22 @@ class LedgerClock:
         """Close a ledger immediately (admin endpoint), outside the schedule."""
         await self._close()
 
+    async def close_many(self, count: int) -> int:
+        """Close ``count`` ledgers immediately (admin endpoint), outside the schedule, in one
+        synchronous run (no scheduled close or submission interleaves); waiters are woken
+        once, after the last one. The latest ledger's sequence."""
+        before = self.devnet.latest.sequence
+        latest = self.devnet.close_ledgers(count)
+        if latest > before:
+            await self._closed_one()
+        return latest
+
     async def _close(self) -> None:
-        record = self.devnet.close_ledger()
-        if record is None:
+        if self.devnet.close_ledger() is None:
             return
+        await self._closed_one()
+
+    async def _closed_one(self) -> None:
         now = time.monotonic()
         if self._last_close is not None:
             self.close_intervals_ms.append((now - self._last_close) * 1000)

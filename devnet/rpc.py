@@ -3,6 +3,18 @@ Stellar RPC OpenRPC specification (shared/reference/stellar-rpc.openrpc.json).
 
 Every parameter is validated before anything happens; a bad one gets -32602 with the
 parameter's name and the rule it broke, and changes nothing.
+
+As stellar-rpc (cmd/stellar-rpc/internal/methods):
+
+- getLedgerEntries reads the state at the latest closed ledger and omits a temporary entry
+  whose live-until ledger is before it (stellar-core QueryServer::getLedgerEntry via
+  stellar-rpc's ledgerentries getter, which asks for its latest ledger); a Soroban entry's
+  ``liveUntilLedgerSeq`` is its TTL. CONFIG_SETTING keys are answered from
+  :mod:`devnet.network_config`; TTL keys are refused (get_ledger_entries.go).
+- history is what the retention window keeps: getTransaction answers NOT_FOUND for a
+  transaction trimmed away; getTransactions refuses a ``startLedger`` outside
+  [oldestLedger, latestLedger] with -32600 and a cursor into a trimmed ledger with -32602
+  (get_transactions.go, and go-stellar-sdk protocols/rpc GetTransactionsRequest.IsValid).
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from stellar_sdk import xdr as x
 from devnet.entries import ContractBalanceEntry, ContractInstanceEntry, NonceEntry, key_from_xdr
 from devnet.errors import NotSupported
 from devnet.ledger import PROTOCOL_VERSION, Devnet, TransactionRecord
+from devnet.network_config import ConfigSettingNotSupported
 from devnet.transactions import BASE_FEE, MalformedEnvelope
 
 PARSE_ERROR = -32700
@@ -191,17 +204,43 @@ class RpcMethods:
         return {"sorobanInclusionFee": stats, "inclusionFee": dict(stats), "latestLedger": self.devnet.latest.sequence}
 
     def get_ledger_entries(self, params: _LedgerEntriesParams) -> dict[str, Any]:
-        found = []
+        keys: list[x.LedgerKey] = []
         for index, key_b64 in enumerate(params.keys):
             try:
                 key = x.LedgerKey.from_xdr(key_b64)
             except Exception:  # xdrlib3 raises assorted errors on bad input
                 raise RpcError(INVALID_PARAMS, f"invalid params: keys[{index}]: not a base64 LedgerKey XDR") from None
+            if key.type == x.LedgerEntryType.TTL:
+                # stellar-rpc get_ledger_entries.go: ErrLedgerTTLEntriesCannotBeQueriedDirectly
+                raise RpcError(
+                    INVALID_PARAMS, f"invalid params: keys[{index}]: ledger ttl entries cannot be queried directly"
+                )
+            keys.append(key)
+        latest = self.devnet.latest.sequence
+        found = []
+        for index, (key_b64, key) in enumerate(zip(params.keys, keys, strict=True)):
+            if key.type == x.LedgerEntryType.CONFIG_SETTING:
+                assert key.config_setting is not None
+                try:
+                    config = self.devnet.network_config.entry(key.config_setting.config_setting_id)
+                except ConfigSettingNotSupported as exc:
+                    raise RpcError(INVALID_PARAMS, f"invalid params: keys[{index}]: {exc}") from None
+                if config is not None:
+                    found.append(
+                        {
+                            "key": key_b64,
+                            "xdr": config.data.to_xdr(),
+                            "lastModifiedLedgerSeq": config.last_modified_ledger_seq.uint32,
+                        }
+                    )
+                continue
             try:
                 devnet_key = key_from_xdr(key)
             except NotSupported:
                 continue  # devnet holds no entries of that kind
-            entry = self.devnet.state.get(devnet_key)
+            # stellar-core QueryServer::getLedgerEntry: a temporary entry whose TTL is not live
+            # at the snapshot's ledger (stellar-rpc asks for its latest) is "not-found".
+            entry = self.devnet.state.get_live(devnet_key, latest)
             if entry is None:
                 continue
             item: dict[str, Any] = {
@@ -214,7 +253,7 @@ class RpcMethods:
             elif isinstance(entry, (ContractBalanceEntry, ContractInstanceEntry)):
                 item["liveUntilLedgerSeq"] = entry.last_modified + PERSISTENT_TTL_LEDGERS
             found.append(item)
-        return {"entries": found, "latestLedger": self.devnet.latest.sequence}
+        return {"entries": found, "latestLedger": latest}
 
     def _transaction_body(self, record: TransactionRecord) -> dict[str, Any]:
         return {
@@ -240,18 +279,23 @@ class RpcMethods:
         latest, oldest = devnet.latest, devnet.oldest
         pagination = params.pagination or _Pagination()
         limit = pagination.limit or DEFAULT_PAGE
+        # go-stellar-sdk protocols/rpc GetTransactionsRequest.IsValid, answered with -32600
+        # (jrpc2.InvalidRequest) by stellar-rpc's getTransactionsByLedgerSequence.
         if pagination.cursor is not None:
             if params.start_ledger is not None:
-                raise RpcError(INVALID_PARAMS, "invalid params: startLedger and pagination.cursor cannot both be set")
+                raise RpcError(INVALID_REQUEST, "startLedger and cursor cannot both be set")
             toid = int(pagination.cursor)
             start_ledger, after_order = toid >> 32, (toid >> 12) & 0xFFFFF
+            if start_ledger < oldest.sequence:
+                # stellar-rpc fetchLedgerData: the cursor's ledger was trimmed away.
+                raise RpcError(INVALID_PARAMS, f"database does not contain metadata for ledger: {start_ledger}")
         elif params.start_ledger is not None:
             start_ledger, after_order = params.start_ledger, 0
             if not oldest.sequence <= start_ledger <= latest.sequence:
                 raise RpcError(
-                    INVALID_PARAMS,
-                    f"invalid params: startLedger must be between the oldest ledger: {oldest.sequence} "
-                    f"and the latest ledger: {latest.sequence}",
+                    INVALID_REQUEST,
+                    f"start ledger ({start_ledger}) must be between the oldest ledger: {oldest.sequence} "
+                    f"and the latest ledger: {latest.sequence} for this rpc instance",
                 )
         else:
             raise RpcError(INVALID_PARAMS, "invalid params: startLedger or pagination.cursor is required")
@@ -259,7 +303,7 @@ class RpcMethods:
         # The cursor is a TOID: ledger << 32 | application order << 12. A short page ends
         # past the latest ledger's last transaction, so the next call continues from there.
         cursor = (latest.sequence << 32) | (0xFFFFF << 12)
-        for sequence in range(max(start_ledger, oldest.sequence), latest.sequence + 1):
+        for sequence in range(start_ledger, latest.sequence + 1):
             for order, tx_hash in enumerate(devnet.ledgers[sequence].tx_hashes, start=1):
                 if sequence == start_ledger and order <= after_order:
                     continue

@@ -10,7 +10,15 @@ Admin endpoint (not part of any real network; never expose it beyond localhost):
   sequence number from outside, as another client would.
 - ``POST /admin/payout-contract`` ``{"admin": "G…", "asset": "XLM" | "CODE:ISSUER"}`` —
   deploy the built-in payout contract; answers ``{"contract_id": "C…"}``.
-- ``POST /admin/close-ledger`` — close a ledger now.
+- ``POST /admin/close-ledger`` — close a ledger now; answers ``{"sequence": <latest>}``.
+- ``POST /admin/close-ledgers`` ``{"count": N}`` — close N ledgers at once (N an integer from 1
+  to 200,000; anything else is a 400 naming ``count`` and changes nothing), one after the
+  other through the same close path as every ledger: queued transactions are applied or
+  dropped, temporary entries expire, history beyond the retention window is trimmed. Each
+  ledger's close time is max(previous close time, now), so a batch shares (about) one close
+  time. Answers ``{"sequence": <latest>}``. While a ledger stall is injected, nothing closes
+  (as for ``close-ledger``). The batch runs in one go: nothing else is answered meanwhile
+  (roughly a second per 100,000 empty ledgers).
 - ``GET /admin/stats`` — queue size, ledger, recent close intervals (ms), sendTransaction
   answers per source account.
 """
@@ -24,12 +32,12 @@ import math
 from typing import Any
 
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from stellar_sdk import Asset, StrKey
 
 from devnet.faults import FaultRequest
 from devnet.friendbot import Friendbot, FriendbotError
-from devnet.ledger import Devnet
+from devnet.ledger import MAX_CLOSE_LEDGERS, Devnet
 from devnet.ledger_clock import LedgerClock
 from devnet.rpc import INTERNAL_ERROR, INVALID_REQUEST, PARSE_ERROR, RpcError, RpcMethods
 
@@ -65,6 +73,11 @@ class _ConsumeSequence(BaseModel):
     account: str
 
 
+class _CloseLedgers(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+    count: int = Field(ge=1, le=MAX_CLOSE_LEDGERS)
+
+
 class _DeployPayout(BaseModel):
     model_config = ConfigDict(extra="forbid")
     admin: str
@@ -83,6 +96,12 @@ def parse_asset(text: str) -> Asset:
 
 class DevnetServer:
     def __init__(self, devnet: Devnet, ledger_close_ms: int, public_url: str) -> None:
+        if ledger_close_ms != devnet.network_config.ledger_close_ms:
+            # CONFIG_SETTING_SCP_TIMING tells clients the cadence: it must be the clock's.
+            raise ValueError(
+                f"ledger_close_ms: the clock's {ledger_close_ms} ms differs from the network's ledger close "
+                f"target {devnet.network_config.ledger_close_ms} ms (Devnet(ledger_close_ms=...))"
+            )
         self.devnet = devnet
         self.clock = LedgerClock(devnet, ledger_close_ms)
         self.friendbot = Friendbot(devnet, self.clock)
@@ -100,6 +119,7 @@ class DevnetServer:
                 web.post("/admin/consume-sequence", self.consume_sequence),
                 web.post("/admin/payout-contract", self.deploy_payout_contract),
                 web.post("/admin/close-ledger", self.close_ledger),
+                web.post("/admin/close-ledgers", self.close_ledgers),
                 web.get("/admin/stats", self.stats),
             ]
         )
@@ -217,6 +237,12 @@ class DevnetServer:
     async def close_ledger(self, _: web.Request) -> web.Response:
         await self.clock.close_now()
         return web.json_response({"sequence": self.devnet.latest.sequence})
+
+    async def close_ledgers(self, request: web.Request) -> web.Response:
+        body = await self._body(request, _CloseLedgers)
+        assert isinstance(body, _CloseLedgers)
+        sequence = await self.clock.close_many(body.count)
+        return web.json_response({"sequence": sequence})
 
     async def stats(self, _: web.Request) -> web.Response:
         return web.json_response(

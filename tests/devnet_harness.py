@@ -111,6 +111,10 @@ class DevnetAdmin:
     async def close_ledger(self) -> int:
         return int((await self.admin("POST", "close-ledger"))["sequence"])
 
+    async def close_ledgers(self, count: int) -> int:
+        """Close ``count`` ledgers at once (``POST /admin/close-ledgers``); the latest sequence."""
+        return int((await self.admin("POST", "close-ledgers", {"count": count}))["sequence"])
+
     async def rpc(self, method: str, params: Any = None, request_id: Any = 1) -> tuple[int, dict[str, Any]]:
         message: dict[str, Any] = {"jsonrpc": "2.0", "id": request_id, "method": method}
         if params is not None:

@@ -216,11 +216,9 @@ async def test_invalid_request(admin: DevnetAdmin, unharmed: None, message: Any,
         ("getTransactions", {"startLedger": "1"}, ["startLedger"]),
         ("getTransactions", {"startLedger": 1.0}, ["startLedger"]),
         ("getTransactions", {"startLedger": True}, ["startLedger"]),
-        ("getTransactions", {"startLedger": 10**9}, ["startLedger"]),
         ("getTransactions", {"pagination": {"limit": 0}}, ["pagination.limit"]),
         ("getTransactions", {"pagination": {"limit": 201}}, ["pagination.limit"]),
         ("getTransactions", {"pagination": {"cursor": "abc"}}, ["pagination.cursor"]),
-        ("getTransactions", {"startLedger": 1, "pagination": {"cursor": "1"}}, ["startLedger", "cursor"]),
         ("sendTransaction", {}, ["transaction", "required"]),
         ("sendTransaction", {"transaction": 123}, ["transaction"]),
         ("sendTransaction", {"transaction": ""}, ["transaction"]),
@@ -242,6 +240,26 @@ async def test_bad_params_name_the_field(
     assert status == 200
     error = rpc_error(body)
     assert error["code"] == INVALID_PARAMS, body
+    assert body["id"] == 42
+    for name in names:
+        assert name in error["message"], (name, error)
+
+
+@pytest.mark.parametrize(
+    ("params", "names"),
+    [
+        ({"startLedger": 10**9}, ["start ledger (1000000000) must be between the oldest ledger"]),
+        ({"startLedger": 1, "pagination": {"cursor": "1"}}, ["startLedger", "cursor"]),
+    ],
+)
+async def test_get_transactions_requests_stellar_rpc_refuses_as_invalid(
+    admin: DevnetAdmin, unharmed: None, params: Any, names: list[str]
+) -> None:
+    """stellar-rpc answers what GetTransactionsRequest.IsValid refuses with -32600 (InvalidRequest)."""
+    status, body = await admin.rpc("getTransactions", params, request_id=42)
+    assert status == 200
+    error = rpc_error(body)
+    assert error["code"] == INVALID_REQUEST, body
     assert body["id"] == 42
     for name in names:
         assert name in error["message"], (name, error)

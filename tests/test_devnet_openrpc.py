@@ -332,6 +332,12 @@ def contract_instance_key(contract_id: str) -> str:
     ).to_xdr()
 
 
+def config_setting_key(setting: x.ConfigSettingID) -> str:
+    return x.LedgerKey(
+        x.LedgerEntryType.CONFIG_SETTING, config_setting=x.LedgerKeyConfigSetting(config_setting_id=setting)
+    ).to_xdr()
+
+
 def invoke_transfer(account: Any, source: Keypair, destination: str, amount: int, function: str = "transfer") -> Any:
     return (
         TransactionBuilder(account, PASSPHRASE, base_fee=100)
@@ -467,6 +473,16 @@ async def _entries_found(ctx: Ctx) -> None:
     result = await ctx.rpc.result("getLedgerEntries", {"keys": keys, "xdrFormat": "base64"})
     assert [e["key"] for e in result["entries"]] == keys
     assert "liveUntilLedgerSeq" in result["entries"][1]
+
+
+@case("getLedgerEntries-config-settings", "getLedgerEntries")
+async def _entries_config(ctx: Ctx) -> None:
+    keys = [config_setting_key(x.ConfigSettingID.CONFIG_SETTING_STATE_ARCHIVAL)]
+    keys.append(config_setting_key(x.ConfigSettingID.CONFIG_SETTING_SCP_TIMING))
+    result = await ctx.rpc.result("getLedgerEntries", {"keys": keys})
+    assert [e["key"] for e in result["entries"]] == keys
+    # Not Soroban entries: no TTL (stellar-core QueryServer sets liveUntilLedgerSeq for those only).
+    assert all("liveUntilLedgerSeq" not in e for e in result["entries"]), result
 
 
 @case("getLedgerEntries-not-found", "getLedgerEntries")
@@ -642,13 +658,29 @@ ERROR_CASES: dict[str, ErrorCase] = {
     "getLedgerEntries-missing-keys": ErrorCase("getLedgerEntries", {}, -32602, spec_invalid=True),
     "getLedgerEntries-keys-not-array": ErrorCase("getLedgerEntries", {"keys": "AAAA"}, -32602, spec_invalid=True),
     "getLedgerEntries-key-not-xdr": ErrorCase("getLedgerEntries", {"keys": ["not xdr"]}, -32602),
+    "getLedgerEntries-ttl-key": ErrorCase(
+        "getLedgerEntries",
+        {"keys": [x.LedgerKey(x.LedgerEntryType.TTL, ttl=x.LedgerKeyTtl(x.Hash(bytes(32)))).to_xdr()]},
+        -32602,
+        message="ledger ttl entries cannot be queried directly",
+    ),
+    "getLedgerEntries-config-setting-not-modelled": ErrorCase(
+        "getLedgerEntries",
+        {"keys": [config_setting_key(x.ConfigSettingID.CONFIG_SETTING_CONTRACT_COMPUTE_V0)]},
+        -32602,
+        message="not supported by devnet",
+    ),
+    "getTransactions-cursor-before-oldest": ErrorCase(
+        "getTransactions", {"pagination": {"cursor": "0"}}, -32602, message="does not contain metadata for ledger: 0"
+    ),
     "getTransaction-bad-hash": ErrorCase("getTransaction", {"hash": "xyz"}, -32602, spec_invalid=True),
     "getTransaction-missing-hash": ErrorCase("getTransaction", {}, -32602, spec_invalid=True),
     "getTransactions-no-start": ErrorCase("getTransactions", {}, -32602),
+    # stellar-rpc answers what GetTransactionsRequest.IsValid refuses with -32600 (InvalidRequest).
     "getTransactions-start-and-cursor": ErrorCase(
-        "getTransactions", {"startLedger": 2, "pagination": {"cursor": "8589934592"}}, -32602
+        "getTransactions", {"startLedger": 2, "pagination": {"cursor": "8589934592"}}, -32600
     ),
-    "getTransactions-start-beyond-latest": ErrorCase("getTransactions", {"startLedger": 10**9}, -32602),
+    "getTransactions-start-beyond-latest": ErrorCase("getTransactions", {"startLedger": 10**9}, -32600),
     "getTransactions-start-not-number": ErrorCase("getTransactions", {"startLedger": "2"}, -32602, spec_invalid=True),
     "getTransactions-limit-not-number": ErrorCase(
         "getTransactions", {"startLedger": 2, "pagination": {"limit": "5"}}, -32602, spec_invalid=True
