@@ -212,7 +212,8 @@ class ChainActivities:
                 self._waiting[0].set()
 
     async def _release(self, account: str, holder: str) -> None:
-        if await asyncio.to_thread(leases.release, self.engine, account, holder):
+        """Give back a lease this build took; one bound to a refused envelope stays."""
+        if await asyncio.to_thread(leases.release_unbound, self.engine, account, holder):
             self.lease_released()
 
     def lease_released(self) -> None:
@@ -230,6 +231,10 @@ class ChainActivities:
             if request.external_signing and not self.keys.pool.uses_channels
             else settings.PAYOUTS_ENVELOPE_TTL_SECONDS
         )
+        # Never shorter than the network accepts: stellar-core refuses (txTOO_LATE) a bound
+        # within about two ledgers of the last close, so a short TTL on slow ledgers would
+        # be refused every time.
+        validity = max(validity, 2 * (await self._network()).signing_margin_seconds())
         if not settings.PAYOUTS_LIVE_EXECUTION:
             # Build-only: nothing will be sent by us, so nothing is leased.
             return await self._build(request, settings.PAYOUT_SOURCE_ACCOUNT, validity)
@@ -270,14 +275,15 @@ class ChainActivities:
         if state is None:
             raise ApplicationError(f"account {account} does not exist", type=SIMULATION_FAILED, non_retryable=True)
         # Bid what recent ledgers charged (p90), so a fee surge does not strand the
-        # envelope in the queue; the cap below still bounds the total.
+        # envelope in the queue, and at least what the network named for a refused one;
+        # the cap below still bounds the total. A replacement is built on the account its
+        # refused envelope is bound to, at the sequence number the chain still has: the
+        # same one, so that at most one of the two can apply.
         stats = await self._recent_fee_stats()
-        envelope = self._payout_transaction(
-            request,
-            Account(account, state.sequence),
-            validity,
-            max(BASE_INCLUSION_FEE, stats.soroban_inclusion_fee.p90),
-        )
+        bid = max(BASE_INCLUSION_FEE, stats.soroban_inclusion_fee.p90)
+        if request.replaces is not None and request.replaces.source_account == account:
+            bid = max(bid, request.replaces.min_inclusion_fee)
+        envelope = self._payout_transaction(request, Account(account, state.sequence), validity, bid)
         nonce = None
         if channel:
             # The payout account's authorization (recorded, signed: request_authorization).

@@ -47,6 +47,7 @@ class RecordActivities:
             confirm_poll_ms=s.PAYOUTS_CONFIRM_POLL_MS,
             confirm_max_polls=s.PAYOUTS_CONFIRM_MAX_POLLS,
             uses_channels=ChannelKeys(s).pool.uses_channels,
+            fee_cap_wait_seconds=s.PAYOUTS_FEE_CAP_WAIT_SECONDS,
         )
 
     @activity.defn

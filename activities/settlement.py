@@ -28,7 +28,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from sqlalchemy.engine import Engine
 from stellar_sdk import xdr as x
@@ -47,8 +47,16 @@ from payouts.models import PayoutState
 
 log = logging.getLogger("payouts.activities.settlement")
 
-# EnvelopeLookup.status beyond getTransaction's: past its bound, outside the RPC's history.
+# EnvelopeLookup.status beyond getTransaction's: past its bound, outside the RPC's history;
+# refused by sendTransaction before it was ever accepted.
 UNKNOWN = "UNKNOWN"
+REFUSED = "REFUSED"
+# sendTransaction's ERROR answers after which a replacement is built at once: the bound is
+# too close to the last ledger close (stellar-core TransactionFrame::isTooLate against
+# getUpperBoundCloseTimeOffset), or the queue is full and the bid too low
+# (TransactionQueue::canAdd, txINSUFFICIENT_FEE with the fee needed in feeCharged).
+REFUSALS = ("txTOO_LATE", "txINSUFFICIENT_FEE")
+ACCEPTED = ("PENDING", "DUPLICATE")
 # A lookup by hash can only change once a ledger closes, so a poll is skipped while no new
 # ledger has closed; at least every this many polls it looks anyway (belt and braces).
 MAX_SKIPPED_POLLS = 8
@@ -114,6 +122,9 @@ class SettlementActivities:
         if signed_xdr is not None:
             signed_xdr, sent_before = await self._record_before_send(request, signed_xdr)
         sent_once = sent_before
+        # Whether the network may hold it: sent before (by an earlier attempt or run), or any
+        # answer but a refusal. Only an envelope never accepted is replaced at once.
+        maybe_accepted = sent_before
         # Sent before (a retry, or an earlier run): look it up first; resending an applied
         # envelope only earns TRY_AGAIN_LATER or txBAD_SEQ.
         look_first = sent_before
@@ -125,12 +136,15 @@ class SettlementActivities:
             if look_first:
                 polls, look_first = 1, False
             elif signed_xdr is not None:
-                status = await self._send(built.tx_hash, signed_xdr)
+                sent = await self._send(built.tx_hash, signed_xdr)
                 if not sent_once:
                     sent_once = True
                     await asyncio.to_thread(db.mark_submitted, self.engine, built.tx_hash)
-                    activity.logger.info("envelope sent: %s", status, extra={"tx_hash": built.tx_hash})
-                if status not in ("PENDING", "DUPLICATE"):
+                    activity.logger.info("envelope sent: %s", sent.status, extra={"tx_hash": built.tx_hash})
+                if not maybe_accepted and sent.status == "ERROR" and sent.code in REFUSALS:
+                    return self._refused(built, sent)
+                maybe_accepted = True
+                if sent.status not in ACCEPTED:
                     # Ambiguous (it may already be in a ledger): look it up once, then resend.
                     polls = 1
             for _ in range(polls):
@@ -156,9 +170,67 @@ class SettlementActivities:
                     return await self._outside_history(key, built.tx_hash, built.source_account, built, lookup)
                 if settled:
                     activity.logger.info("envelope settled: %s", lookup.status, extra={"tx_hash": built.tx_hash})
-                    if await asyncio.to_thread(self._settle, key, built.tx_hash, built.source_account, lookup):
-                        self.on_release()
-                    return lookup
+                    return await self._settled(key, built, lookup)
+
+    async def _settled(self, key: str, built: BuiltEnvelope, lookup: EnvelopeLookup) -> EnvelopeLookup:
+        """Record the settlement and release the lease, after settling the envelopes it
+        replaced or that replaced it (same source account and sequence number: at most one
+        of them applied). Its lookup, or the applied sibling's (``tx_hash`` set)."""
+        siblings = await asyncio.to_thread(self._unsettled_siblings, key, built)
+        paid_by: tuple[db.EnvelopeRecord, EnvelopeLookup] | None = None
+        if lookup.status == "NOT_FOUND":
+            # It never applied, so its sequence number may have gone to a sibling.
+            for sibling in siblings:
+                found = await self._settle_sibling(sibling)
+                if found.status == UNKNOWN:
+                    return await self._outside_history(key, sibling.tx_hash, built.source_account, built, found)
+                if found.status == "SUCCESS":
+                    paid_by = (sibling, found)
+        released = await asyncio.to_thread(self._record_settlement, key, built, lookup, siblings, paid_by)
+        if released:
+            self.on_release()
+        if paid_by is not None:
+            sibling, found = paid_by
+            return replace(found, tx_hash=sibling.tx_hash)
+        return lookup
+
+    def _unsettled_siblings(self, key: str, built: BuiltEnvelope) -> list[db.EnvelopeRecord]:
+        return [
+            e
+            for e in db.envelopes_of(self.engine, key)
+            if e.tx_hash != built.tx_hash
+            and (e.source_account, e.sequence) == (built.source_account, built.sequence)
+            and e.status in (db.EnvelopeStatus.QUEUED, db.EnvelopeStatus.SUBMITTED)
+        ]
+
+    async def _settle_sibling(self, sibling: db.EnvelopeRecord) -> EnvelopeLookup:
+        """A sibling's final lookup: its bound is no later than the settled envelope's."""
+        since = sibling.built_at_ledger if sibling.built_at_ledger is not None else 0
+        while True:
+            found = await self._look_up(sibling.tx_hash)
+            if found is not None:
+                if found.status in ("SUCCESS", "FAILED") or is_provably_dead(found, sibling.max_time, since):
+                    return found
+                if past_bound(found, sibling.max_time):
+                    return replace(found, status=UNKNOWN)
+            activity.heartbeat(f"looking up {sibling.tx_hash}")
+            await asyncio.sleep(1)
+
+    def _refused(self, built: BuiltEnvelope, sent: _Sent) -> EnvelopeLookup:
+        """Refused before it was ever accepted: it stays recorded (with the answer) and
+        leased until a replacement on its sequence number settles."""
+        needed = None
+        if sent.code == "txINSUFFICIENT_FEE" and sent.fee_charged is not None:
+            needed = sent.fee_charged - built.resource_fee
+        activity.logger.info("envelope refused: %s", sent.code, extra={"tx_hash": built.tx_hash})
+        return EnvelopeLookup(
+            status=REFUSED,
+            latest_ledger=sent.latest_ledger,
+            latest_close_time=sent.latest_close_time,
+            oldest_ledger=0,
+            result_code=sent.code,
+            needed_inclusion_fee=needed,
+        )
 
     async def _outside_history(
         self, key: str, tx_hash: str, account: str, built: BuiltEnvelope, lookup: EnvelopeLookup
@@ -194,10 +266,13 @@ class SettlementActivities:
                         built.tx_hash)  # fmt: skip
             return None, sent_before
         others = await asyncio.to_thread(db.envelopes_of, self.engine, key)
+        # Siblings (same source account and sequence number) exclude each other on chain.
         unsettled = [
             e.tx_hash
             for e in others
-            if e.tx_hash != built.tx_hash and e.status in (db.EnvelopeStatus.QUEUED, db.EnvelopeStatus.SUBMITTED)
+            if e.tx_hash != built.tx_hash
+            and e.status in (db.EnvelopeStatus.QUEUED, db.EnvelopeStatus.SUBMITTED)
+            and (e.source_account, e.sequence) != (built.source_account, built.sequence)
         ]
         if unsettled:
             raise ApplicationError(
@@ -229,21 +304,28 @@ class SettlementActivities:
         if await asyncio.to_thread(leases.release, self.engine, account, key):
             self.on_release()
 
-    async def _send(self, tx_hash: str, signed_xdr: str) -> str:
-        """sendTransaction's status; a lost answer counts as ambiguous (``LOST``). Abnormal
+    async def _send(self, tx_hash: str, signed_xdr: str) -> _Sent:
+        """sendTransaction's answer; a lost one counts as ambiguous (``LOST``). Abnormal
         answers are noted on the envelope's row for operators."""
         try:
-            sent = await self.rpc.send_transaction(signed_xdr)
+            response = await self.rpc.send_transaction(signed_xdr)
         except SdkConnectionError as exc:
-            status, answer = "LOST", f"sendTransaction: no answer ({type(exc).__name__})"
+            sent = _Sent("LOST", "", None, 0, 0)
+            answer = f"sendTransaction: no answer ({type(exc).__name__})"
         else:
-            status = sent.status.value
-            code = x.TransactionResult.from_xdr(sent.error_result_xdr).result.code.name if sent.error_result_xdr else ""
-            answer = f"sendTransaction answered {status} {code}".strip()
-        if status not in ("PENDING", "DUPLICATE"):
+            result = x.TransactionResult.from_xdr(response.error_result_xdr) if response.error_result_xdr else None
+            sent = _Sent(
+                response.status.value,
+                result.result.code.name if result is not None else "",
+                result.fee_charged.int64 if result is not None else None,
+                response.latest_ledger,
+                response.latest_ledger_close_time,
+            )
+            answer = f"sendTransaction answered {sent.status} {sent.code}".strip()
+        if sent.status not in ACCEPTED:
             activity.heartbeat(answer)
             await asyncio.to_thread(db.note_envelope_error, self.engine, tx_hash, answer)
-        return status
+        return sent
 
     async def _look_up(self, tx_hash: str) -> EnvelopeLookup | None:
         try:
@@ -269,9 +351,32 @@ class SettlementActivities:
             result_code=result.result.code.name,
         )
 
-    def _settle(self, key: str, tx_hash: str, account: str, lookup: EnvelopeLookup) -> bool:
-        """Record the settlement (and a paid payout) and release the lease; True if this
-        call released it."""
+    def _record_settlement(
+        self,
+        key: str,
+        built: BuiltEnvelope,
+        lookup: EnvelopeLookup,
+        siblings: list[db.EnvelopeRecord],
+        paid_by: tuple[db.EnvelopeRecord, EnvelopeLookup] | None,
+    ) -> bool:
+        """Record the envelope's settlement, its siblings' and a paid payout, and release the
+        lease; True if this call released it."""
+        self._mark(built.tx_hash, lookup)
+        if lookup.status == "SUCCESS":
+            self._paid(key, built.tx_hash, lookup)
+        consumed_by = built.tx_hash if lookup.status in ("SUCCESS", "FAILED") else None
+        for sibling in siblings:
+            if paid_by is not None and sibling.tx_hash == paid_by[0].tx_hash:
+                self._mark(sibling.tx_hash, paid_by[1])
+                self._paid(key, sibling.tx_hash, paid_by[1])
+            elif consumed_by is not None:
+                note = f"its sequence number was used by {consumed_by}"
+                db.mark_envelope(self.engine, sibling.tx_hash, db.EnvelopeStatus.EXPIRED, error=note)
+            else:
+                db.mark_envelope(self.engine, sibling.tx_hash, db.EnvelopeStatus.EXPIRED)
+        return leases.release(self.engine, built.source_account, key)
+
+    def _mark(self, tx_hash: str, lookup: EnvelopeLookup) -> None:
         status = {"SUCCESS": "confirmed", "FAILED": "failed"}.get(lookup.status, "expired")
         try:
             db.mark_envelope(
@@ -284,14 +389,19 @@ class SettlementActivities:
             )
         except db.EnvelopeNotFound:
             pass  # never recorded: an unsigned envelope a signer never answered for
-        if lookup.status == "SUCCESS":
-            # The payout is paid the moment its envelope is: recorded here, not a step later.
-            db.set_payout_state(
-                self.engine,
-                key,
-                PayoutState.CONFIRMED,
-                tx_hash=tx_hash,
-                ledger=lookup.ledger,
-                fee_charged=lookup.fee_charged,
-            )
-        return leases.release(self.engine, account, key)
+
+    def _paid(self, key: str, tx_hash: str, lookup: EnvelopeLookup) -> None:
+        # The payout is paid the moment its envelope is: recorded here, not a step later.
+        ledger, fee = lookup.ledger, lookup.fee_charged
+        db.set_payout_state(self.engine, key, PayoutState.CONFIRMED, tx_hash=tx_hash, ledger=ledger, fee_charged=fee)
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """sendTransaction's answer: status, result code and feeCharged of an ERROR."""
+
+    status: str
+    code: str
+    fee_charged: int | None
+    latest_ledger: int
+    latest_close_time: int

@@ -11,6 +11,9 @@ Decisions where the seed is silent:
 - ``PAYOUTS_ENVELOPE_TTL_SECONDS`` (hot key, default 120) and
   ``PAYOUTS_SIGNATURE_WINDOW_SECONDS`` (external signer, default 900) set the envelope's
   time bound; an envelope is replaced only after its bound has provably passed.
+- ``PAYOUTS_FEE_CAP_WAIT_SECONDS`` (default 600): a fee above ``PAYOUTS_MAX_GAS_STROOPS``
+  (a surge) is waited out, rebuilding on durable timers that back off, before the payout
+  fails: surges pass within ledgers, and nothing is signed or sent while it waits.
 - ``PAYOUTS_CHANNEL_COUNT`` (default 0) channel accounts, derived from
   ``PAYOUTS_CHANNEL_SECRET`` (see :mod:`payouts.channels`), are the transactions' source
   and pay their fees; ``PAYOUT_SOURCE_ACCOUNT`` then only authorizes the transfer. A
@@ -63,6 +66,9 @@ class PayoutSettings(TemporalSettings):
     PAYOUT_HOT_SIGNER_SECRET: SecretStr | None = None
 
     PAYOUTS_MAX_GAS_STROOPS: int = Field(default=2_000_000, ge=100, le=2**63 - 1)
+    # A fee above the cap is waited out (nothing signed or sent meanwhile, durable timers
+    # backing off) for this long before the payout fails; 0: fail at once.
+    PAYOUTS_FEE_CAP_WAIT_SECONDS: int = Field(default=600, ge=0, le=7 * 86_400)
     PAYOUTS_MAX_ATTEMPTS: int = Field(default=5, ge=1, le=100)
     PAYOUTS_CONFIRM_POLL_MS: int = Field(default=2_500, ge=50, le=600_000)
     PAYOUTS_CONFIRM_MAX_POLLS: int = Field(default=20, ge=1, le=10_000)

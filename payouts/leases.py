@@ -14,7 +14,9 @@ time, in table ``account_leases``:
   therefore blocks its account only until its envelope is dead (the margin covers ledger
   close times lagging the wall clock), and never sooner: before that, its envelope may
   still apply and use the account's next sequence number.
-- :func:`release` frees it once the envelope is confirmed, failed, or provably dead.
+- :func:`release` frees it once the envelope is confirmed, failed, or provably dead;
+  :func:`release_unbound` only if no envelope is bound to it (a build that failed keeps
+  an account whose refused envelope awaits its replacement on the same sequence number).
 - :func:`take_out_of_rotation` parks an account (a channel low on fee balance) until an
   operator tops it up (:func:`put_in_rotation`).
 
@@ -143,6 +145,18 @@ def release(engine: Engine, account: str, holder: str) -> bool:
         if row is None or row.holder != holder:
             return False
         row.holder, row.tx_hash, row.expires_at, row.updated_at = None, None, None, _now()
+        session.add(row)
+        return True
+
+
+def release_unbound(engine: Engine, account: str, holder: str) -> bool:
+    """:func:`release`, unless the lease is bound to an envelope (one that was refused and
+    awaits its replacement on the same sequence number keeps the account)."""
+    with transaction(engine, write=True) as session:
+        row = session.get(AccountLeaseRow, account, with_for_update=True)
+        if row is None or row.holder != holder or row.tx_hash is not None:
+            return False
+        row.holder, row.expires_at, row.updated_at = None, None, _now()
         session.add(row)
         return True
 

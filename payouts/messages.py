@@ -10,6 +10,17 @@ from dataclasses import dataclass
 
 
 @dataclass(frozen=True)
+class Replacement:
+    """An envelope the network refused (txTOO_LATE, txINSUFFICIENT_FEE) before accepting
+    it: its replacement is built at once on the same source account and sequence number,
+    so at most one of the two can ever apply, bidding at least ``min_inclusion_fee``."""
+
+    source_account: str
+    sequence: int
+    min_inclusion_fee: int
+
+
+@dataclass(frozen=True)
 class BuildEnvelopeInput:
     idempotency_key: str
     attempt: int
@@ -17,9 +28,10 @@ class BuildEnvelopeInput:
     stroops: int
     asset: str
     external_signing: bool
-    # With channels and an external signer: the payout account's signed authorization
-    # entry (base64), which the envelope carries.
+    # With channels: the payout account's signed authorization entry (base64), which the
+    # envelope carries.
     signed_authorization: str | None = None
+    replaces: Replacement | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +118,8 @@ class EnvelopeLookup:
     """``getTransaction`` by hash, with the RPC's window to judge a NOT_FOUND."""
 
     # SUCCESS | FAILED | NOT_FOUND (provably dead) | UNKNOWN (past its bound, but the
-    # RPC's history no longer reaches the ledger it was built at: it may have applied)
+    # RPC's history no longer reaches the ledger it was built at: it may have applied) |
+    # REFUSED (sendTransaction refused it before ever accepting it: result_code says why)
     status: str
     latest_ledger: int
     latest_close_time: int
@@ -114,6 +127,10 @@ class EnvelopeLookup:
     ledger: int | None = None
     fee_charged: int | None = None
     result_code: str | None = None
+    # SUCCESS by an envelope that replaced, or was replaced by, the one followed.
+    tx_hash: str | None = None
+    # REFUSED with txINSUFFICIENT_FEE: the inclusion fee the network said it needs.
+    needed_inclusion_fee: int | None = None
 
 
 @dataclass(frozen=True)
@@ -126,6 +143,7 @@ class PayoutPolicy:
     confirm_poll_ms: int
     confirm_max_polls: int
     uses_channels: bool
+    fee_cap_wait_seconds: int = 0
 
 
 @dataclass(frozen=True)

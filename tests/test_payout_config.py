@@ -24,6 +24,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
         "PAYOUT_HOT_SIGNER_SECRET",
         "PAYOUTS_MAX_ATTEMPTS",
         "PAYOUTS_MAX_GAS_STROOPS",
+        "PAYOUTS_FEE_CAP_WAIT_SECONDS",
         "PAYOUTS_LIVE_EXECUTION",
     ]:
         monkeypatch.delenv(name, raising=False)
@@ -33,7 +34,7 @@ def test_defaults_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name, value in REQUIRED.items():
         monkeypatch.setenv(name, value)
     settings = load_settings()
-    assert settings.PAYOUTS_MAX_GAS_STROOPS == 2_000_000
+    assert settings.PAYOUTS_MAX_GAS_STROOPS == 2_000_000 and settings.PAYOUTS_FEE_CAP_WAIT_SECONDS == 600
     assert settings.PAYOUTS_MAX_ATTEMPTS == 5
     assert settings.PAYOUTS_CONFIRM_POLL_MS == 2_500 and settings.PAYOUTS_CONFIRM_MAX_POLLS == 20
     assert settings.PAYOUT_METHOD_NAME == "distribute_winnings"

@@ -392,3 +392,34 @@ async def test_sequence_consumed_from_outside_pays_once(
     # Promise 2: the replacement was built only after the first envelope's bound had passed.
     assert replacement.created_at.timestamp() > sent.max_time
     assert "txBAD_SEQ" in (rows[0].last_error or ""), "the dead envelope was re-sent and answered txBAD_SEQ"
+
+
+async def test_settlement_heartbeats_through_a_ledger_stall(
+    temporal_client: Client, devnet: DevnetProcess, admin: DevnetAdmin, server: SorobanServerAsync, tmp_path: Path
+) -> None:
+    """No ledger closes for longer than the settle activity's heartbeat timeout (20 s), at
+    the default poll interval (2.5 s: a lookup only every ninth poll while no ledger
+    closes). The activity heartbeats on every pass anyway, so it is never timed out and
+    retried: one attempt, and the payout confirms once the ledgers move again."""
+    source, winner = await admin.new_account(), await admin.new_account()
+    settings = payout_settings(
+        devnet.url, source, f"sqlite:///{tmp_path / 'payouts.db'}", PAYOUTS_CONFIRM_POLL_MS=2_500
+    )
+    engine = db.make_engine(settings.DATABASE_URL)
+    request = payout(winner.public_key, "1.75")
+    before = await baseline(server, winner)
+    async with running_worker(temporal_client, settings) as payouts:
+        await admin.faults(ledger_stall=True)
+        handle = await payouts.pay(request)
+        await wait_envelope_row(engine, request.idempotency_key, db.EnvelopeStatus.SUBMITTED)
+        await asyncio.sleep(30)  # the stall itself: longer than the heartbeat timeout
+        await admin.faults(ledger_stall=False)
+        outcome = await result_within(handle, 60)
+    history = await handle.fetch_history()
+    attempts = [
+        e.activity_task_started_event_attributes.attempt
+        for e in history.events
+        if e.HasField("activity_task_started_event_attributes")
+    ]
+    assert attempts == [1], attempts
+    await assert_paid_once(server, engine, request, before, outcome)

@@ -103,7 +103,7 @@ async def recorded(
             handles.append(await payouts.pay(_request(winner.public_key, "7")))
             assert (await handles[-1].result()).state == PayoutState.BUILT
 
-        capped = payout_settings(devnet.url, source, url, PAYOUTS_MAX_GAS_STROOPS=500)
+        capped = payout_settings(devnet.url, source, url, PAYOUTS_MAX_GAS_STROOPS=500, PAYOUTS_FEE_CAP_WAIT_SECONDS=0)
         async with running_worker(temporal_client, capped) as payouts:
             handles.append(await payouts.pay(_request(winner.public_key, "8")))
             with pytest.raises(WorkflowFailureError):

@@ -171,7 +171,9 @@ async def test_failed_payout_can_run_again_but_a_confirmed_one_cannot(
     start_ledger, balance = await latest_ledger(server), await xlm_balance(server, winner.public_key)
     sequence = (await server.load_account(source.public_key)).sequence
 
-    capped = payout_settings(devnet.url, source, database_url, PAYOUTS_MAX_GAS_STROOPS=1_000)
+    capped = payout_settings(
+        devnet.url, source, database_url, PAYOUTS_MAX_GAS_STROOPS=1_000, PAYOUTS_FEE_CAP_WAIT_SECONDS=0
+    )
     async with running_worker(temporal_client, capped) as payouts:
         handle = await payouts.pay(request)
         with pytest.raises(WorkflowFailureError):

@@ -146,7 +146,9 @@ async def test_fee_above_cap_fails_and_sends_nothing(
     temporal_client: Client, devnet: DevnetProcess, admin: DevnetAdmin, server: SorobanServerAsync, database_url: str
 ) -> None:
     source, winner = await admin.new_account(), await admin.new_account()
-    settings = payout_settings(devnet.url, source, database_url, PAYOUTS_MAX_GAS_STROOPS=1_000)
+    settings = payout_settings(
+        devnet.url, source, database_url, PAYOUTS_MAX_GAS_STROOPS=1_000, PAYOUTS_FEE_CAP_WAIT_SECONDS=0
+    )
     sequence = (await server.load_account(source.public_key)).sequence
     request = payout(winner.public_key)
     async with running_worker(temporal_client, settings) as payouts:

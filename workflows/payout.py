@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from temporalio import workflow
@@ -55,9 +55,15 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.chain import ChainActivities
-    from activities.failures import ALREADY_PAID, AUTHORIZATION_EXPIRED, NON_RETRYABLE, UNSETTLED_ENVELOPE
+    from activities.failures import (
+        ALREADY_PAID,
+        AUTHORIZATION_EXPIRED,
+        FEE_CAP_EXCEEDED,
+        NON_RETRYABLE,
+        UNSETTLED_ENVELOPE,
+    )
     from activities.records import RecordActivities
-    from activities.settlement import UNKNOWN, SettlementActivities
+    from activities.settlement import REFUSED, UNKNOWN, SettlementActivities
     from payouts.authorization import NonceState
     from payouts.envelopes import signed_xdr_size_problem
     from payouts.messages import (
@@ -73,6 +79,7 @@ with workflow.unsafe.imports_passed_through():
         PayoutStart,
         RecordedEnvelope,
         RecordEnvelopeInput,
+        Replacement,
         SettleInput,
         SignatureInput,
     )
@@ -125,6 +132,12 @@ SIGNING_MARGIN_SECONDS = 15
 # often at first, backing off to PARKED_RECHECK_MAX.
 PARKED_RECHECK_FIRST = timedelta(minutes=1)
 PARKED_RECHECK_MAX = timedelta(hours=1)
+# Envelopes the network refuses before accepting (txTOO_LATE, txINSUFFICIENT_FEE) are
+# replaced without using an attempt this many times in a row; after that each is one.
+MAX_FREE_REFUSALS = 10
+# A fee above the cap is built again after this long, doubling up to FEE_WAIT_MAX.
+FEE_WAIT_FIRST = timedelta(seconds=5)
+FEE_WAIT_MAX = timedelta(minutes=1)
 MAX_QUEUED_SIGNATURES = 10
 # Patch marking the signal handler's size limit on signed XDR (MAX_SIGNED_XDR_CHARS).
 SIGNED_XDR_SIZE_LIMIT = "signed-xdr-size-limit"
@@ -147,6 +160,9 @@ class PayoutWorkflow:
         self._state_before_park = PayoutState.RECEIVED
         self._resolution: ParkResolution | None = None
         self._attempt = 0
+        self._refusals = 0
+        self._fees_above_cap_since: datetime | None = None
+        self._fee_wait = timedelta(0)
         self._error = "no attempt was made"
         self._asset = "XLM"
 
@@ -180,11 +196,12 @@ class PayoutWorkflow:
         external = policy.live_execution and not policy.sign_with_hot_key
         authorizes = policy.live_execution and policy.uses_channels
         authorization = start.authorization if authorizes else None
+        replaces: Replacement | None = None
         while self._attempt < last_attempt:
             self._attempt += 1
             self._set_state(PayoutState.BUILDING, attempt=self._attempt)
             build = BuildEnvelopeInput(
-                key, self._attempt, request.destination, request.stroops, request.asset, external
+                key, self._attempt, request.destination, request.stroops, request.asset, external, replaces=replaces
             )
             if authorizes:
                 if authorization is None:
@@ -214,6 +231,9 @@ class PayoutWorkflow:
                     summary=f"lease an account, build and simulate envelope (attempt {self._attempt})",
                 )
             except (ActivityError, ApplicationError) as exc:
+                if _error_type(exc) == FEE_CAP_EXCEEDED and await self._wait_out_fees(_reason(exc), policy):
+                    self._attempt -= 1  # nothing was signed or sent: not an attempt
+                    continue
                 if authorization is not None:
                     # A signed authorization exists: the payout is FAILED only once it
                     # provably never paid (expired before a channel carried it: ask again).
@@ -229,6 +249,7 @@ class PayoutWorkflow:
                 # Fee above the cap or a failing simulation: nothing was signed or sent.
                 outcome = PayoutOutcome(key, PayoutState.FAILED, error=_reason(exc))
                 return await self._finish(outcome, failure_kind=_error_type(exc) or "BuildFailed")
+            self._fees_above_cap_since, self._fee_wait = None, timedelta(0)
             if not policy.live_execution:
                 return await self._finish(PayoutOutcome(key, PayoutState.BUILT, unsigned_xdr=built.unsigned_xdr))
 
@@ -272,8 +293,20 @@ class PayoutWorkflow:
                     return paid
                 self._attempt -= 1
                 continue
+            if lookup.status == REFUSED:
+                # Never accepted: replaced at once on its sequence number (so at most one
+                # of the two applies), bidding at least the fee the network named. Not an
+                # attempt, unless the network keeps refusing.
+                self._status.last_error = f"envelope {built.tx_hash} refused ({lookup.result_code}); replaced at once"
+                bid = max(lookup.needed_inclusion_fee or 0, built.fee - built.resource_fee)
+                replaces = Replacement(built.source_account, built.sequence, bid)
+                self._refusals += 1
+                if self._refusals <= MAX_FREE_REFUSALS:
+                    self._attempt -= 1
+                continue
+            replaces, self._refusals = None, 0
             if lookup.status == "SUCCESS":
-                return await self._confirmed(key, built.tx_hash, lookup)
+                return await self._confirmed(key, lookup.tx_hash or built.tx_hash, lookup)
             self._error = (
                 f"envelope {built.tx_hash} failed on-chain ({lookup.result_code})"
                 if lookup.status == "FAILED"
@@ -423,6 +456,20 @@ class PayoutWorkflow:
                 await self._unpark()
                 return again
             wait = min(wait * 2, PARKED_RECHECK_MAX)
+
+    async def _wait_out_fees(self, reason: str, policy: PayoutPolicy) -> bool:
+        """A fee above the cap (a surge): sleep on a durable timer, backing off, and say to
+        build again, until PAYOUTS_FEE_CAP_WAIT_SECONDS have passed since the fee first
+        went above the cap; then False (the payout fails, nothing sent)."""
+        now = workflow.now()
+        self._fees_above_cap_since = self._fees_above_cap_since or now
+        give_up = self._fees_above_cap_since + timedelta(seconds=policy.fee_cap_wait_seconds)
+        if now >= give_up:
+            return False
+        self._fee_wait = min(self._fee_wait * 2, FEE_WAIT_MAX) if self._fee_wait else FEE_WAIT_FIRST
+        self._status.last_error = f"{reason}; waiting for fees to fall, until {give_up.isoformat(timespec='seconds')}"
+        await workflow.sleep(min(self._fee_wait, give_up - now))
+        return True
 
     # -- authorizations (channels) ----------------------------------------------------
 
