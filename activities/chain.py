@@ -39,7 +39,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from sqlalchemy.engine import Engine
 from stellar_sdk import Account, Keypair, TransactionEnvelope
@@ -86,6 +86,8 @@ BASE_INCLUSION_FEE = 100
 # validity: Stellar closes a ledger every ~5 s, so this errs long. A long validity is
 # harmless: the entry's nonce lets at most one transaction use it.
 AUTH_LEDGERS_PER_SECOND = 1
+# An authorization is carried only while it stays valid this many ledgers past the latest.
+AUTH_MARGIN_LEDGERS = 3
 # Extra seconds a fresh lease is held beyond the envelope's validity, for the build.
 LEASE_BUILD_SECONDS = 30
 FEE_STATS_MAX_AGE_SECONDS = 1.0
@@ -134,10 +136,11 @@ def _config_setting_key(setting: x.ConfigSettingID) -> x.LedgerKey:
 
 
 def _require_unexpired(entry: x.SorobanAuthorizationEntry, latest_ledger: int) -> None:
-    """Raise :data:`AUTHORIZATION_EXPIRED` unless ``entry`` can still be applied in the
-    next ledger (the earliest an envelope built now can reach)."""
+    """Raise :data:`AUTHORIZATION_EXPIRED` unless ``entry`` can still be applied a few
+    ledgers from now: simulation runs against the next ledger, and the envelope needs a
+    ledger or two to be included (the host refuses it in any ledger past the expiration)."""
     credentials = entry.credentials.address or entry.credentials.address_v2
-    if credentials is not None and credentials.signature_expiration_ledger.uint32 <= latest_ledger + 1:
+    if credentials is not None and credentials.signature_expiration_ledger.uint32 < latest_ledger + AUTH_MARGIN_LEDGERS:
         raise ApplicationError(
             f"the signed authorization expired at ledger {credentials.signature_expiration_ledger.uint32} "
             f"(latest ledger {latest_ledger}) before a channel carried it",
@@ -284,16 +287,17 @@ class ChainActivities:
         if request.replaces is not None and request.replaces.source_account == account:
             bid = max(bid, request.replaces.min_inclusion_fee)
         envelope = self._payout_transaction(request, Account(account, state.sequence), validity, bid)
-        nonce = None
+        nonce, authorization = None, None
         if channel:
-            # The payout account's authorization (recorded, signed: request_authorization).
-            if request.signed_authorization is None:
-                raise ApplicationError(
-                    "a channel carries a signed authorization of the payout account; none was given",
-                    type=SIMULATION_FAILED,
-                    non_retryable=True,
-                )
-            entry = x.SorobanAuthorizationEntry.from_xdr(request.signed_authorization)
+            signed_entry = request.signed_authorization
+            if signed_entry is None:
+                # The hot key authorizes now, once a channel is leased (so the entry is
+                # fresh), recorded before it leaves the worker; the key's earlier
+                # authorization instead, if one may still pay.
+                authorization = await self._recorded_authorization(request, envelope, stats.latest_ledger, validity)
+                signed_entry = authorization.signed_entry_xdr
+                assert signed_entry is not None
+            entry = x.SorobanAuthorizationEntry.from_xdr(signed_entry)
             _require_unexpired(entry, stats.latest_ledger)
             envelope = with_authorization(envelope, payer, entry)
             credentials = entry.credentials.address or entry.credentials.address_v2
@@ -329,25 +333,34 @@ class ChainActivities:
             sign_by=bounds.max_time - network.signing_margin_seconds(),
             signed_xdr=signed_xdr,
             auth_nonce=nonce,
+            authorization=authorization,
         )
 
     # -- authorizations (channels) -----------------------------------------------------
 
     @activity.defn
     async def request_authorization(self, request: BuildEnvelopeInput) -> AuthorizationRequest:
-        """Channels: the payout account's authorization for this payout, recorded in the DB
-        before it leaves the worker; signed here with the hot key, or to be signed by the
-        external signer. The key's unsettled authorization, if it has one, instead of a new
-        one. Nothing is leased: a channel is leased only to carry a signed authorization."""
-        settings = self.settings
-        payer = settings.PAYOUT_SOURCE_ACCOUNT
-        hot = not request.external_signing
-        window = settings.PAYOUTS_ENVELOPE_TTL_SECONDS if hot else settings.PAYOUTS_SIGNATURE_WINDOW_SECONDS
+        """Channels with an external signer: the payout account's authorization entry to be
+        signed, recorded in the DB before the signer sees it; the key's unsettled
+        authorization instead, if it has one (the same nonce again). Nothing is leased: a
+        channel is leased only to carry a signed authorization."""
         await self._refuse_if_paid(request.idempotency_key)
+        window = self.settings.PAYOUTS_SIGNATURE_WINDOW_SECONDS
         # The carrier does not matter to the entry: any channel, any sequence.
         envelope = self._payout_transaction(request, Account(self.keys.pool.accounts[0], 0), window)
         latest = (await self.rpc.get_latest_ledger()).sequence
-        fresh = self._authorization(envelope, latest, window, sign=hot)
+        return await self._recorded_authorization(request, envelope, latest, window)
+
+    async def _recorded_authorization(
+        self, request: BuildEnvelopeInput, envelope: TransactionEnvelope, latest_ledger: int, window: int
+    ) -> AuthorizationRequest:
+        """A fresh authorization for the envelope's call (signed at once with the hot key),
+        recorded; or the key's unsettled one, which the DB returns instead (signed now with
+        the hot key if it never was)."""
+        settings = self.settings
+        payer = settings.PAYOUT_SOURCE_ACCOUNT
+        hot = not request.external_signing
+        fresh = self._authorization(envelope, latest_ledger, window, sign=hot)
         try:
             recorded = await asyncio.to_thread(
                 authorization_store.record,
@@ -358,20 +371,18 @@ class ChainActivities:
                 fresh.entry_xdr,
                 fresh.valid_until_ledger,
                 fresh.expires_at,
-                latest,
+                latest_ledger,
                 fresh.signed_entry_xdr,
             )
         except AlreadyPaid as exc:
             raise already_paid(exc) from None
         if recorded.nonce == fresh.nonce:
-            return replace(fresh, unused_through_ledger=recorded.unused_through_ledger)
-        # The key's earlier authorization (an earlier or reset run): the same nonce again.
+            return fresh
         entry = x.SorobanAuthorizationEntry.from_xdr(recorded.entry_xdr)
         signed = recorded.signed_entry_xdr
         if signed is None and hot:
-            signed = sign_entry(
-                entry, self._hot_keypair(), recorded.valid_until_ledger, settings.STELLAR_NETWORK_PASSPHRASE
-            ).to_xdr()
+            passphrase = settings.STELLAR_NETWORK_PASSPHRASE
+            signed = sign_entry(entry, self._hot_keypair(), recorded.valid_until_ledger, passphrase).to_xdr()
             await asyncio.to_thread(authorization_store.record_signature, self.engine, payer, recorded.nonce, signed)
         return AuthorizationRequest(
             entry_xdr=recorded.entry_xdr,

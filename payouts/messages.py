@@ -86,8 +86,10 @@ class BuiltEnvelope:
     # accepted by the network (its bound less a margin in ledgers of the network's cadence).
     sign_by: int = 0
     signed_xdr: str | None = None
-    # Channels: the nonce of the payout account's authorization it carries.
+    # Channels: the nonce of the payout account's authorization it carries, and, when the
+    # hot key made it for this envelope, that authorization (later carriers carry it too).
     auth_nonce: int | None = None
+    authorization: AuthorizationRequest | None = None
 
 
 @dataclass(frozen=True)

@@ -203,7 +203,7 @@ class PayoutWorkflow:
             build = BuildEnvelopeInput(
                 key, self._attempt, request.destination, request.stroops, request.asset, external, replaces=replaces
             )
-            if authorizes:
+            if authorizes and external:
                 if authorization is None:
                     authorization = await self._local(
                         ChainActivities.request_authorization,
@@ -221,6 +221,7 @@ class PayoutWorkflow:
                         self._attempt -= 1  # an unsigned window does not use an attempt
                         continue
                     authorization = replace(authorization, signed_entry_xdr=signed_entry)
+            if authorization is not None:
                 build = replace(build, signed_authorization=authorization.signed_entry_xdr)
             try:
                 built = await self._local(
@@ -248,8 +249,11 @@ class PayoutWorkflow:
                         continue
                 # Fee above the cap or a failing simulation: nothing was signed or sent.
                 outcome = PayoutOutcome(key, PayoutState.FAILED, error=_reason(exc))
-                return await self._finish(outcome, failure_kind=_error_type(exc) or "BuildFailed")
+                return await self._fail(request, outcome, _error_type(exc) or "BuildFailed", policy)
             self._fees_above_cap_since, self._fee_wait = None, timedelta(0)
+            if built.authorization is not None:
+                # Made by the hot key for this envelope: later carriers carry it too.
+                authorization = built.authorization
             if not policy.live_execution:
                 return await self._finish(PayoutOutcome(key, PayoutState.BUILT, unsigned_xdr=built.unsigned_xdr))
 
@@ -325,10 +329,22 @@ class PayoutWorkflow:
             outcome = await self._settle_authorization(key, authorization)
             if outcome is not None:
                 return outcome
-        return await self._finish(
-            PayoutOutcome(key, PayoutState.FAILED, error=f"{policy.max_attempts} attempts used; last: {self._error}"),
-            failure_kind="AttemptsExhausted",
+        outcome = PayoutOutcome(
+            key, PayoutState.FAILED, error=f"{policy.max_attempts} attempts used; last: {self._error}"
         )
+        return await self._fail(request, outcome, "AttemptsExhausted", policy)
+
+    async def _fail(
+        self, request: PayoutRequest, outcome: PayoutOutcome, kind: str, policy: PayoutPolicy
+    ) -> PayoutOutcome:
+        """FAILED, once no envelope of the key can still apply: one refused and never
+        replaced (its replacement could not be built) is settled first; if it paid after
+        all, that is the outcome."""
+        restart = await self._start(request)
+        paid = await self._settle_recorded(request.idempotency_key, restart.unsettled, policy)
+        if paid is not None:
+            return paid
+        return await self._finish(outcome, failure_kind=kind)
 
     # -- steps ---------------------------------------------------------------------------
 
