@@ -8,7 +8,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from devnet.ledger import STANDALONE_PASSPHRASE, Devnet
+from devnet.ledger import PROTOCOL_VERSION, STANDALONE_PASSPHRASE, SUPPORTED_PROTOCOLS, Devnet
 from devnet.server import DevnetServer
 
 
@@ -22,16 +22,32 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--passphrase", default=STANDALONE_PASSPHRASE)
     parser.add_argument("--max-tx-set-size", type=int, default=1000, help="transactions per ledger at most")
+    parser.add_argument(
+        "--protocol-version",
+        type=int,
+        default=PROTOCOL_VERSION,
+        help=f"protocol the network runs: {' or '.join(map(str, SUPPORTED_PROTOCOLS))} (default {PROTOCOL_VERSION})",
+    )
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     if args.ledger_close_ms < 10:
         parser.error("--ledger-close-ms must be at least 10")
     if not 1 <= args.port <= 65535:
         parser.error("--port must be between 1 and 65535")
+    if args.protocol_version not in SUPPORTED_PROTOCOLS:
+        parser.error(
+            f"--protocol-version must be {' or '.join(map(str, SUPPORTED_PROTOCOLS))}: the protocols devnet "
+            f"models (those stellar-rpc 27.1.x serves), not {args.protocol_version}"
+        )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     try:
-        devnet = Devnet(args.passphrase, max_tx_set_size=args.max_tx_set_size, state_file=args.state_file)
+        devnet = Devnet(
+            args.passphrase,
+            max_tx_set_size=args.max_tx_set_size,
+            state_file=args.state_file,
+            protocol_version=args.protocol_version,
+        )
     except (ValueError, KeyError, TypeError) as exc:  # a state file of another network, or not a state file
         parser.error(f"cannot use state file {args.state_file}: {exc}")
     url = f"http://{args.host}:{args.port}"

@@ -323,11 +323,16 @@ async def test_unsupported_envelopes_are_not_supported_by_devnet(
     payment = build(lambda b: b.append_payment_op(witness.payee.public_key, Asset.native(), "1"))
     fee_bump = TransactionBuilder.build_fee_bump_transaction(kp.public_key, 200, payment, PASSPHRASE)
     fee_bump.sign(kp)
+    # Host functions other than a contract call and an asset's SAC deployment.
+    upload = build(lambda b: b.append_upload_contract_wasm_op(b"\0asm\1\0\0\0"))
+    from_address = build(lambda b: b.append_create_contract_op(bytes(32), kp.public_key, salt=bytes(32)))
     cases = {
         "SET_OPTIONS": set_options.to_xdr(),
         "MANAGE_DATA": manage_data.to_xdr(),
         "BUMP_SEQUENCE": bump_seq.to_xdr(),
         "fee-bump": fee_bump.to_xdr(),
+        "UPLOAD_CONTRACT_WASM": upload.to_xdr(),
+        "from an address": from_address.to_xdr(),
     }
     for method in ("sendTransaction", "simulateTransaction"):
         for name, envelope in cases.items():
