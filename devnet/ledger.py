@@ -45,11 +45,14 @@ serve it. The rule, by protocol:
   otherwise; both are accepted and verified at apply.
 - 26: ``useUpgradedAuth`` is ignored and ADDRESS is recorded (the 26 host predates
   ADDRESS_V2: stellar-rpc v27.1.1 lib.rs, ``prev::make_recording_auth_mode``); a
-  transaction carrying ADDRESS_V2 (or ADDRESS_WITH_DELEGATES) credentials is txMALFORMED
-  at submission, because the protocol's XDR cannot parse it (stellar-core
+  transaction carrying ADDRESS_V2 credentials is txMALFORMED at submission, because
+  the protocol's XDR cannot parse it (stellar-core
   src/transactions/TransactionFrame.cpp checkValidImpl → TransactionUtils.cpp
   validateXDRForProtocol → src/rust/src/soroban_proto_any.rs can_parse_transaction);
   simulating it fails.
+
+CAP-71's other credentials, ADDRESS_WITH_DELEGATES (delegated authentication for custom
+accounts), are not modelled: refused as "not supported by devnet" at either protocol.
 
 Deliberate simplification (documented in README.md): the whole declared resource
 fee is charged (no refund of the refundable part).

@@ -225,8 +225,14 @@ def parse_envelope(envelope_xdr: str, network_id: bytes) -> ParsedTransaction:
     first_protocol = 0
     for op in tx.operations:
         invoke = op.body.invoke_host_function_op
-        if invoke is not None and any(entry.credentials.type in _CAP71_CREDENTIALS for entry in invoke.auth):
-            first_protocol = FIRST_PROTOCOL_ADDRESS_V2
+        if invoke is None:
+            continue
+        for entry in invoke.auth:
+            if entry.credentials.type == x.SorobanCredentialsType.SOROBAN_CREDENTIALS_ADDRESS_WITH_DELEGATES:
+                # CAP-71-01 delegation (custom accounts) is not modelled.
+                raise NotSupported("authorization credentials SOROBAN_CREDENTIALS_ADDRESS_WITH_DELEGATES")
+            if entry.credentials.type in _CAP71_CREDENTIALS:
+                first_protocol = FIRST_PROTOCOL_ADDRESS_V2
     return ParsedTransaction(
         envelope=envelope,
         envelope_xdr=base64.b64encode(raw).decode(),
