@@ -8,7 +8,13 @@ from pathlib import Path
 
 from aiohttp import web
 
-from devnet.ledger import DEFAULT_RETENTION_LEDGERS, STANDALONE_PASSPHRASE, Devnet
+from devnet.ledger import (
+    DEFAULT_RETENTION_LEDGERS,
+    PROTOCOL_VERSION,
+    STANDALONE_PASSPHRASE,
+    SUPPORTED_PROTOCOLS,
+    Devnet,
+)
 from devnet.network_config import DEFAULT_MIN_TEMP_TTL, MAX_ENTRY_TTL, MAX_UINT32, PROTOCOL_MIN_TEMP_TTL
 from devnet.server import DevnetServer
 
@@ -37,6 +43,12 @@ def main(argv: list[str] | None = None) -> None:
         help=f"ledgers of transaction history kept (default {DEFAULT_RETENTION_LEDGERS:,}, stellar-rpc's "
         "HISTORY_RETENTION_WINDOW)",
     )
+    parser.add_argument(
+        "--protocol-version",
+        type=int,
+        default=PROTOCOL_VERSION,
+        help=f"protocol the network runs: {' or '.join(map(str, SUPPORTED_PROTOCOLS))} (default {PROTOCOL_VERSION})",
+    )
     parser.add_argument("--log-level", default="WARNING")
     args = parser.parse_args(argv)
     if args.ledger_close_ms < 10:
@@ -52,6 +64,11 @@ def main(argv: list[str] | None = None) -> None:
         parser.error(f"--retention-ledgers must be between 1 and {MAX_UINT32}")
     if not 1 <= args.port <= 65535:
         parser.error("--port must be between 1 and 65535")
+    if args.protocol_version not in SUPPORTED_PROTOCOLS:
+        parser.error(
+            f"--protocol-version must be {' or '.join(map(str, SUPPORTED_PROTOCOLS))}: the protocols devnet "
+            f"models (those stellar-rpc 27.1.x serves), not {args.protocol_version}"
+        )
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
     try:
@@ -62,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             state_file=args.state_file,
             min_temp_ttl=args.min_temp_ttl,
             ledger_close_ms=args.ledger_close_ms,
+            protocol_version=args.protocol_version,
         )
     except (ValueError, KeyError, TypeError) as exc:  # a state file of another network, or not a state file
         parser.error(f"cannot use state file {args.state_file}: {exc}")

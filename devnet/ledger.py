@@ -30,16 +30,54 @@ State and history (options with the real network's defaults):
 - the network configuration (``network_config``) is readable as CONFIG_SETTING entries.
 
 The state file (``--state-file``) is one JSON document, rewritten atomically when a ledger
-with transactions closes, after admin changes and on shutdown: the entries (a temporary
-entry with its ``live_until``), the retained transactions, and the retained ledgers in a
+with transactions closes, after admin changes and on shutdown: the protocol version (a file
+of another protocol is refused at start), the entries (deployed SAC instances included, a
+temporary entry with its ``live_until``), the retained transactions, and the retained ledgers in a
 compact form — the first ledger's hashes, every close time as a difference from the
 previous one, and the transaction hashes of the ledgers that have any; the other ledger
 hashes are recomputed on load (and checked against the latest one's), so a long window of
 empty ledgers costs a few bytes each.
 
-Deliberate simplifications (documented in README.md): the whole declared resource
-fee is charged (no refund of the refundable part); Stellar Asset Contracts exist
-implicitly — XLM's from genesis, an issued asset's from the first trustline to it.
+Stellar Asset Contracts: an issued asset's SAC exists only once somebody deploys it
+(the ``CreateContract`` host function with the asset's preimage, see ``devnet.host``);
+a trustline does not create it, and calling it before fails with
+``Error(Storage, MissingValue)``. XLM's SAC exists from genesis: on a real network it too
+exists only because somebody deployed it, which was done long ago on pubnet and testnet
+(the networks the payout engine meets; stellar/quickstart issue #555: "On pubnet,
+testnet, and futurenet the native asset contract is created"), while a stellar/quickstart
+local network starts without it (that issue is still open); devnet stands in for the former.
+
+Protocol version: devnet reports protocol 27 (getNetwork, getVersionInfo,
+getLatestLedger, ledger headers and close meta; the CONFIG_SETTING entries that exist at it)
+by default, or 26 with ``--protocol-version 26``.
+27 is the protocol of the networks the payout engine meets (stellar/quickstart's
+images.json: ``latest``, "compatible with mainnet", and ``testing``, "with mainnet and
+testnet", both default to 27; only ``future``/``nightly-next`` run 28) and the first one
+with ``SOROBAN_CREDENTIALS_ADDRESS_V2`` (stellar-protocol core/cap-0071-02.md, "Protocol
+Upgrade Transition"; stellar-core src/util/ProtocolVersion.h, FIRST_PROTOCOL_CAP71), the
+credentials stellar-sdk 16's ``simulate_transaction``/``prepare_transaction`` ask for
+by default (``use_upgraded_auth=True``). It is also one of the two protocols the RPC
+version devnet reports (27.1.x) serves: its preflight has a host for 27 and one for 26
+(stellar-rpc v27.1.1, cmd/stellar-rpc/lib/preflight/src/lib.rs) and refuses any other
+("unsupported protocol version"). Keeping 23 and refusing ADDRESS_V2 would be coherent
+too, but would model a network the engine no longer meets, behind an RPC that cannot
+serve it. The rule, by protocol:
+
+- 27: simulation records ADDRESS_V2 when asked (``useUpgradedAuth``), legacy ADDRESS
+  otherwise; both are accepted and verified at apply.
+- 26: ``useUpgradedAuth`` is ignored and ADDRESS is recorded (the 26 host predates
+  ADDRESS_V2: stellar-rpc v27.1.1 lib.rs, ``prev::make_recording_auth_mode``); a
+  transaction carrying ADDRESS_V2 credentials is txMALFORMED at submission, because
+  the protocol's XDR cannot parse it (stellar-core
+  src/transactions/TransactionFrame.cpp checkValidImpl → TransactionUtils.cpp
+  validateXDRForProtocol → src/rust/src/soroban_proto_any.rs can_parse_transaction);
+  simulating it fails.
+
+CAP-71's other credentials, ADDRESS_WITH_DELEGATES (delegated authentication for custom
+accounts), are not modelled: refused as "not supported by devnet" at either protocol.
+
+Deliberate simplification (documented in README.md): the whole declared resource
+fee is charged (no refund of the refundable part).
 """
 
 from __future__ import annotations
@@ -73,17 +111,27 @@ from devnet.entries import (
 from devnet.errors import NotSupported
 from devnet.faults import Faults
 from devnet.fees import resource_fee
-from devnet.host import HostError, SorobanHost, invocation_from_host_function
+from devnet.host import HostError, SorobanHost, check_supported
 from devnet.meta import transaction_meta
 from devnet.network_config import DEFAULT_LEDGER_CLOSE_MS, DEFAULT_MIN_TEMP_TTL, MAX_UINT32, NetworkConfig
 from devnet.operations import account_merge, change_trust, create_account, is_success, payment
 from devnet.state import LedgerChange, LedgerState, LedgerTxn
-from devnet.transactions import BASE_FEE, TC, ParsedTransaction, check_valid, parse_envelope
+from devnet.transactions import (
+    BASE_FEE,
+    FIRST_PROTOCOL_ADDRESS_V2,
+    TC,
+    ParsedTransaction,
+    check_valid,
+    parse_envelope,
+)
 
 log = logging.getLogger("devnet")
 
 STANDALONE_PASSPHRASE = "Standalone Network ; February 2017"
-PROTOCOL_VERSION = 23
+# The protocol devnet reports by default, the protocols it models, and the first protocol
+# with ADDRESS_V2 credentials (see the module docstring).
+PROTOCOL_VERSION = 27
+SUPPORTED_PROTOCOLS = (26, 27)
 TOTAL_COINS = 100_000_000_000 * 10_000_000
 QUEUE_LEDGERS = 4
 BAN_LEDGERS = 10
@@ -127,9 +175,9 @@ class LedgerRecord:
     # of a ledger closed before a restart lists none).
     evicted: tuple[EntryKey, ...] = ()
 
-    def header(self) -> x.LedgerHeader:
+    def header(self, protocol_version: int) -> x.LedgerHeader:
         return x.LedgerHeader(
-            ledger_version=x.Uint32(PROTOCOL_VERSION),
+            ledger_version=x.Uint32(protocol_version),
             previous_ledger_hash=x.Hash(self.previous_hash),
             scp_value=x.StellarValue(
                 tx_set_hash=x.Hash(hashlib.sha256("".join(self.tx_hashes).encode()).digest()),
@@ -151,18 +199,18 @@ class LedgerRecord:
             ext=x.LedgerHeaderExt(0),
         )
 
-    def header_entry(self) -> x.LedgerHeaderHistoryEntry:
+    def header_entry(self, protocol_version: int) -> x.LedgerHeaderHistoryEntry:
         return x.LedgerHeaderHistoryEntry(
-            hash=x.Hash(self.hash), header=self.header(), ext=x.LedgerHeaderHistoryEntryExt(0)
+            hash=x.Hash(self.hash), header=self.header(protocol_version), ext=x.LedgerHeaderHistoryEntryExt(0)
         )
 
-    def close_meta(self) -> x.LedgerCloseMeta:
+    def close_meta(self, protocol_version: int) -> x.LedgerCloseMeta:
         """The ledger's close meta, without the per-transaction processing."""
         return x.LedgerCloseMeta(
             2,
             v2=x.LedgerCloseMetaV2(
                 ext=x.LedgerCloseMetaExt(0),
-                ledger_header=self.header_entry(),
+                ledger_header=self.header_entry(protocol_version),
                 tx_set=x.GeneralizedTransactionSet(
                     1,
                     v1_tx_set=x.TransactionSetV1(previous_ledger_hash=x.Hash(self.previous_hash), phases=[]),
@@ -213,16 +261,23 @@ class Devnet:
         state_file: Path | None = None,
         min_temp_ttl: int = DEFAULT_MIN_TEMP_TTL,
         ledger_close_ms: int = DEFAULT_LEDGER_CLOSE_MS,
+        protocol_version: int = PROTOCOL_VERSION,
     ) -> None:
         # stellar-rpc validates history-retention-window as positive; it is a uint32.
         if not 1 <= retention_ledgers <= MAX_UINT32:
             raise ValueError(f"retention_ledgers: must be an integer from 1 to {MAX_UINT32}, got {retention_ledgers}")
+        if protocol_version not in SUPPORTED_PROTOCOLS:
+            raise ValueError(
+                f"protocol_version: devnet models protocols {' and '.join(map(str, SUPPORTED_PROTOCOLS))} "
+                f"(those its reported RPC version serves), not {protocol_version}"
+            )
+        self.protocol_version = protocol_version
         self.passphrase = passphrase
         self.network_id = hashlib.sha256(passphrase.encode()).digest()
         self.retention_ledgers = retention_ledgers
         self.max_tx_set_size = max_tx_set_size
         self.state_file = state_file
-        self.network_config = NetworkConfig(PROTOCOL_VERSION, min_temp_ttl, ledger_close_ms)
+        self.network_config = NetworkConfig(protocol_version, min_temp_ttl, ledger_close_ms)
         self.host = SorobanHost(passphrase, min_temp_ttl, self.network_config.max_entry_ttl)
         self.faults = Faults()
         self.state = LedgerState()
@@ -247,18 +302,12 @@ class Devnet:
         self.state.entries[account_key(self.root.public_key)] = AccountEntry(
             self.root.public_key, balance=TOTAL_COINS, seq_num=0, last_modified=1
         )
-        self.ensure_sac(Asset.native())
-
-    def ensure_sac(self, asset: Asset) -> str:
-        """The asset's Stellar Asset Contract ID, creating its instance if it is new."""
-        contract_id = asset.contract_id(self.passphrase)
-        key = instance_key(contract_id)
-        if key not in self.state.entries:
-            name = "native" if asset.is_native() else f"{asset.code}:{asset.issuer}"
-            self.state.entries[key] = ContractInstanceEntry(
-                contract_id, "sac", name, last_modified=self.latest.sequence
-            )
-        return contract_id
+        # XLM's SAC, deployed at genesis: pubnet and testnet have had it for long (see the
+        # module docstring). Issued assets' SACs are deployed by transactions only.
+        native_sac = Asset.native().contract_id(self.passphrase)
+        self.state.entries[instance_key(native_sac)] = ContractInstanceEntry(
+            native_sac, "sac", "native", last_modified=1
+        )
 
     def deploy_payout_contract(self, admin: str, asset: Asset) -> str:
         """Deploy the built-in payout contract for ``admin`` paying in ``asset``.
@@ -266,6 +315,12 @@ class Devnet:
         Its ID is derived as a real deployment from ``admin`` with salt
         sha256("devnet payout contract") would be, so it is known in advance and stable.
         Deploying again for the same admin returns the same contract.
+
+        The asset's SAC is neither required nor deployed: a real contract's deployment
+        only records the token's address (nothing calls the token, so the SAC's instance
+        is not even in the deployment's footprint). Paying in an asset whose SAC was not
+        deployed fails later, at the transfer, with ``Error(Storage, MissingValue)``, as
+        on a real network.
         """
         if not isinstance(self.state.get(account_key(admin)), AccountEntry):
             raise ValueError(f"admin: account {admin} does not exist")
@@ -287,7 +342,6 @@ class Devnet:
             ),
         )
         contract_id = StrKey.encode_contract(hashlib.sha256(preimage.to_xdr_bytes()).digest())
-        self.ensure_sac(asset)
         name = "native" if asset.is_native() else f"{asset.code}:{asset.issuer}"
         existing = self.state.get(instance_key(contract_id))
         if isinstance(existing, ContractInstanceEntry) and existing.asset != name:
@@ -304,6 +358,7 @@ class Devnet:
             return
         body = {
             "passphrase": self.passphrase,
+            "protocol_version": self.protocol_version,
             "history": self._history_json(),
             "entries": [entry_to_json(e) for e in self.state.entries.values()],
             "transactions": [
@@ -362,6 +417,15 @@ class Devnet:
         body = json.loads(path.read_text())
         if body["passphrase"] != self.passphrase:
             raise ValueError(f"state file {path} belongs to network {body['passphrase']!r}")
+        # devnet models no protocol upgrade: every retained ledger header reports the one
+        # protocol the network runs, so a file of another protocol cannot be continued. A file
+        # written before the protocol was recorded has none to compare.
+        file_protocol = body.get("protocol_version")
+        if file_protocol is not None and file_protocol != self.protocol_version:
+            raise ValueError(
+                f"protocol_version: state file {path} was written at protocol {file_protocol}, "
+                f"not {self.protocol_version}"
+            )
         if "history" in body:
             self._load_history(body["history"], path)
         else:  # the earlier format: one object per retained ledger
@@ -436,6 +500,11 @@ class Devnet:
             if ptx.seq_num < self.queue[queued_hash].ptx.seq_num:
                 return SendResult("ERROR", tx_hash, _result(ptx.fee, TC.txBAD_SEQ))
             return SendResult("TRY_AGAIN_LATER", tx_hash)
+        if ptx.first_protocol > self.protocol_version:
+            # XDR this protocol cannot parse (ADDRESS_V2 before 27): txMALFORMED, the first
+            # check of stellar-core's checkValid (validateXDRForProtocol). The protocol is
+            # fixed while devnet runs, so the check at ledger close would give the same answer.
+            return SendResult("ERROR", tx_hash, _result(ptx.fee, TC.txMALFORMED))
         min_fee = resource_fee(ptx.soroban.resources) if ptx.soroban is not None else None
         invalid = check_valid(ptx, self.state, self.latest.sequence + 1, int(time.time()), min_fee)
         if invalid is not None:
@@ -581,13 +650,7 @@ class Devnet:
             return payment(ltx, source, body.payment_op), [], None
         if body.type == x.OperationType.CHANGE_TRUST:
             assert body.change_trust_op is not None
-            result = change_trust(ltx, source, body.change_trust_op)
-            if is_success(result) and body.change_trust_op.line.type != x.AssetType.ASSET_TYPE_NATIVE:
-                line = body.change_trust_op.line
-                self.ensure_sac(
-                    Asset.from_xdr_object(x.Asset(line.type, alpha_num4=line.alpha_num4, alpha_num12=line.alpha_num12))
-                )
-            return result, [], None
+            return change_trust(ltx, source, body.change_trust_op), [], None
         if body.type == x.OperationType.ACCOUNT_MERGE:
             assert body.destination is not None
             return account_merge(ltx, source, body.destination), [], None
@@ -654,9 +717,19 @@ class Devnet:
         assert op is not None
         source = ptx.op_sources()[0]
         recording = auth_mode in ("record", "record_allow_nonroot") or (auth_mode is None and not op.auth)
+        if ptx.first_protocol > self.protocol_version:
+            # The protocol's host cannot read the transaction (see the module docstring).
+            return {
+                "latestLedger": latest,
+                "error": f"transaction XDR needs protocol {ptx.first_protocol}; "
+                f"the network is at protocol {self.protocol_version}",
+            }
+        # Only a protocol-27 host can record ADDRESS_V2; stellar-rpc's protocol-26 preflight
+        # ignores useUpgradedAuth (stellar-rpc v27.1.1 preflight lib.rs, prev::make_recording_auth_mode).
+        use_address_v2 = use_address_v2 and self.protocol_version >= FIRST_PROTOCOL_ADDRESS_V2
         ltx = LedgerTxn(self.state, latest + 1)
         try:
-            invocation_from_host_function(op.host_function)
+            check_supported(op.host_function)
             outcome = self.host.invoke(
                 ltx, op.host_function, source, list(op.auth), recording, latest + 1, use_address_v2
             )

@@ -27,7 +27,7 @@ from stellar_sdk import xdr as x
 
 from devnet.entries import ContractBalanceEntry, ContractInstanceEntry, NonceEntry, key_from_xdr
 from devnet.errors import NotSupported
-from devnet.ledger import PROTOCOL_VERSION, Devnet, TransactionRecord
+from devnet.ledger import Devnet, TransactionRecord
 from devnet.network_config import ConfigSettingNotSupported
 from devnet.transactions import BASE_FEE, MalformedEnvelope
 
@@ -170,7 +170,7 @@ class RpcMethods:
         return {
             "friendbotUrl": self.friendbot_url,
             "passphrase": self.devnet.passphrase,
-            "protocolVersion": PROTOCOL_VERSION,
+            "protocolVersion": self.devnet.protocol_version,
         }
 
     def get_version_info(self, _: _NoParams) -> dict[str, Any]:
@@ -179,18 +179,18 @@ class RpcMethods:
             "commitHash": "0" * 40,
             "buildTimestamp": "2026-11-24T00:00:00",
             "captiveCoreVersion": "devnet (a protocol-faithful stand-in for stellar-core)",
-            "protocolVersion": PROTOCOL_VERSION,
+            "protocolVersion": self.devnet.protocol_version,
         }
 
     def get_latest_ledger(self, _: _NoParams) -> dict[str, Any]:
         latest = self.devnet.latest
         return {
             "id": latest.hash.hex(),
-            "protocolVersion": PROTOCOL_VERSION,
+            "protocolVersion": self.devnet.protocol_version,
             "sequence": latest.sequence,
             "closeTime": str(latest.close_time),
-            "headerXdr": latest.header_entry().to_xdr(),
-            "metadataXdr": latest.close_meta().to_xdr(),
+            "headerXdr": latest.header_entry(self.devnet.protocol_version).to_xdr(),
+            "metadataXdr": latest.close_meta(self.devnet.protocol_version).to_xdr(),
         }
 
     def get_fee_stats(self, _: _NoParams) -> dict[str, Any]:

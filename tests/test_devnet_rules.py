@@ -41,6 +41,7 @@ from stellar_sdk.soroban_rpc import (
     SendTransactionStatus,
 )
 
+from devnet.asset_contracts import deploy_asset_contract
 from devnet.entries import AccountEntry, account_key
 from devnet.ledger import Devnet
 from tests.devnet_harness import PASSPHRASE, DevnetAdmin, DevnetProcess, result_code, run_devnet, sac_transfer_envelope
@@ -731,6 +732,7 @@ async def test_sac_transfer_to_account_without_trustline_fails_at_apply(
 ) -> None:
     issuer, holder = await new_accounts(admin, 2)
     usdc = Asset("USDC", issuer.public_key)
+    await deploy_asset_contract(server, issuer, usdc, PASSPHRASE)  # as on a real network, before any SAC call
     holder_seq = await sequence_of(server, holder)
     await succeed(server, admin, change_trust(holder, holder_seq, usdc))
     mint = await sac_transfer_envelope(
