@@ -16,7 +16,7 @@ from stellar_sdk import xdr as x
 from devnet.entries import ContractBalanceEntry, ContractInstanceEntry, NonceEntry, key_from_xdr
 from devnet.errors import NotSupported
 from devnet.ledger import PROTOCOL_VERSION, Devnet, TransactionRecord
-from devnet.transactions import BASE_FEE, MalformedEnvelope
+from devnet.transactions import MalformedEnvelope
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -181,14 +181,9 @@ class RpcMethods:
         }
 
     def get_fee_stats(self, _: _NoParams) -> dict[str, Any]:
-        fee = str(self.devnet.faults.surge_fee or BASE_FEE)
-        distribution = {
-            k: fee
-            for k in ("max", "min", "mode", "p10", "p20", "p30", "p40", "p50", "p60", "p70", "p80", "p90", "p95", "p99")
-        }
-        distribution["transactionCount"] = "0"
-        stats = {**distribution, "ledgerCount": 1}
-        return {"sorobanInclusionFee": stats, "inclusionFee": dict(stats), "latestLedger": self.devnet.latest.sequence}
+        # The inclusion fees charged over the recent ledgers, as stellar-rpc computes them
+        # (devnet/fee_stats.py).
+        return self.devnet.fee_stats()
 
     def get_ledger_entries(self, params: _LedgerEntriesParams) -> dict[str, Any]:
         found = []

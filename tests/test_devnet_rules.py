@@ -42,6 +42,7 @@ from stellar_sdk.soroban_rpc import (
 )
 
 from devnet.entries import AccountEntry, account_key
+from devnet.fees import non_refundable_fee
 from devnet.ledger import Devnet
 from tests.devnet_harness import PASSPHRASE, DevnetAdmin, DevnetProcess, result_code, run_devnet, sac_transfer_envelope
 
@@ -159,6 +160,14 @@ def tx_result(found: GetTransactionResponse) -> x.TransactionResult:
 
 def fee_charged(found: GetTransactionResponse) -> int:
     return tx_result(found).fee_charged.int64
+
+
+def failed_soroban_fee(envelope: TransactionEnvelope) -> int:
+    """What a failed Soroban transaction is charged: the inclusion fee at the base fee (100)
+    and the non-refundable part of its resource fee; the whole refundable part comes back."""
+    data = soroban_data(envelope)
+    inclusion = envelope.transaction.fee - data.resource_fee.int64
+    return min(inclusion, 100) + non_refundable_fee(data.resources)
 
 
 def op_result(found: GetTransactionResponse) -> x.OperationResultTr:
@@ -556,15 +565,29 @@ async def test_insufficient_fee_below_100_stroops_per_operation(server: SorobanS
     await succeed(server, admin, resign(prepared, alice))
 
 
-async def test_resource_fee_below_simulation_is_soroban_invalid(server: SorobanServerAsync, admin: DevnetAdmin) -> None:
+async def test_resource_fee_below_non_refundable_is_soroban_invalid(
+    server: SorobanServerAsync, admin: DevnetAdmin
+) -> None:
+    """The declared resource fee must cover the non-refundable fee of the declared resources
+    at submission; the refundable part (events, rent) is only known at apply."""
     alice, bob = await new_accounts(admin, 2)
     prepared = await sac_transfer_envelope(server, alice, bob.public_key, XLM, sign=False)
     data = soroban_data(prepared)
     simulated_fee = data.resource_fee.int64
+    non_refundable = non_refundable_fee(data.resources)
+    assert non_refundable < simulated_fee  # simulation adds the refundable fee the transfer's event costs
     # Same total fee: only the declared resource fee is below what the resources cost.
-    data.resource_fee = x.Int64(simulated_fee - 1)
+    data.resource_fee = x.Int64(non_refundable - 1)
     assert error_code(await send(server, resign(prepared, alice))) == "txSOROBAN_INVALID"
-    data.resource_fee = x.Int64(simulated_fee)
+    # Exactly the non-refundable fee: accepted, but the transfer event cannot be paid for.
+    balance, seq = await account_state(server, alice.public_key)
+    data.resource_fee = x.Int64(non_refundable)
+    found = await applied(server, admin, resign(prepared, alice))
+    assert found.status == FAILED
+    assert host_function_code(found) == IHF.INVOKE_HOST_FUNCTION_INSUFFICIENT_REFUNDABLE_FEE
+    assert fee_charged(found) == failed_soroban_fee(prepared)
+    assert await account_state(server, alice.public_key) == (balance - fee_charged(found), seq + 1)
+    prepared = await sac_transfer_envelope(server, alice, bob.public_key, XLM, sign=False)
     await succeed(server, admin, resign(prepared, alice))
 
 
@@ -586,8 +609,8 @@ async def test_declared_resources_below_use_fail_at_apply(
     found = await applied(server, admin, resign(prepared, alice))
     assert found.status == FAILED
     assert host_function_code(found) == IHF.INVOKE_HOST_FUNCTION_RESOURCE_LIMIT_EXCEEDED
-    assert fee_charged(found) == prepared.transaction.fee
-    assert await account_state(server, alice.public_key) == (balance - prepared.transaction.fee, seq + 1)
+    assert fee_charged(found) == failed_soroban_fee(prepared)
+    assert await account_state(server, alice.public_key) == (balance - fee_charged(found), seq + 1)
     assert (await account_state(server, bob.public_key))[0] == bob_balance
 
 
@@ -711,8 +734,8 @@ async def test_failed_transaction_consumes_fee_and_sequence(server: SorobanServe
     found = await applied(server, admin, transfer)
     assert found.status == FAILED
     assert host_function_code(found) == IHF.INVOKE_HOST_FUNCTION_TRAPPED
-    assert fee_charged(found) == transfer.transaction.fee
-    assert await account_state(server, alice.public_key) == (balance - transfer.transaction.fee, seq + 2)
+    assert fee_charged(found) == failed_soroban_fee(transfer)
+    assert await account_state(server, alice.public_key) == (balance - fee_charged(found), seq + 2)
     assert (await account_state(server, bob.public_key))[0] == bob_balance
 
 
@@ -743,7 +766,7 @@ async def test_sac_transfer_to_account_without_trustline_fails_at_apply(
     assert found.status == FAILED
     assert host_function_code(found) == IHF.INVOKE_HOST_FUNCTION_TRAPPED
     assert await account_state(server, issuer.public_key) == (balance - fee_charged(found), seq + 1)
-    assert fee_charged(found) == mint.transaction.fee
+    assert fee_charged(found) == failed_soroban_fee(mint)
     assert not await has_trustline(server, holder.public_key, usdc)
 
 
