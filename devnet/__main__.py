@@ -11,7 +11,7 @@ from aiohttp import web
 from devnet.fee_stats import DEFAULT_CLASSIC_WINDOW, DEFAULT_SOROBAN_WINDOW, MAX_WINDOW
 from devnet.ledger import DEFAULT_MAX_TX_SET_SIZE, STANDALONE_PASSPHRASE, Devnet, QueueSettings
 from devnet.server import DevnetServer
-from devnet.surge import DEFAULT_QUEUE_MULTIPLIER, DEFAULT_SOROBAN_LEDGER_MAX_TX_COUNT
+from devnet.surge import DEFAULT_QUEUE_MULTIPLIER, DEFAULT_SOROBAN_LEDGER_MAX_TX_COUNT, SorobanLedgerLimits
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -79,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
             parser.error(f"--{flag.replace('_', '-')} must be between 1 and {MAX_WINDOW}")
     settings = QueueSettings(
         ledger_close_ms=args.ledger_close_ms,
-        soroban_ledger_max_tx_count=args.soroban_ledger_max_tx_count,
+        soroban_limits=SorobanLedgerLimits(tx_count=args.soroban_ledger_max_tx_count),
         queue_multiplier=args.queue_size_multiplier,
         soroban_queue_multiplier=args.soroban_queue_size_multiplier,
         classic_fee_window=args.classic_fee_stats_retention_window,

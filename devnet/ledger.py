@@ -88,11 +88,11 @@ from devnet.operations import account_merge, change_trust, create_account, is_su
 from devnet.state import LedgerChange, LedgerState, LedgerTxn
 from devnet.surge import (
     DEFAULT_QUEUE_MULTIPLIER,
-    DEFAULT_SOROBAN_LEDGER_MAX_TX_COUNT,
     Bid,
     LedgerPhase,
     Phase,
     QueueRoom,
+    SorobanLedgerLimits,
     bid_of,
     build_phase,
     ledger_limits,
@@ -214,7 +214,7 @@ class QueueSettings:
     the real network's (see ``devnet.surge`` and ``devnet.fee_stats``)."""
 
     ledger_close_ms: int = DEFAULT_LEDGER_CLOSE_MS
-    soroban_ledger_max_tx_count: int = DEFAULT_SOROBAN_LEDGER_MAX_TX_COUNT
+    soroban_limits: SorobanLedgerLimits = field(default_factory=SorobanLedgerLimits)
     queue_multiplier: int = DEFAULT_QUEUE_MULTIPLIER
     soroban_queue_multiplier: int = DEFAULT_QUEUE_MULTIPLIER
     classic_fee_window: int = DEFAULT_CLASSIC_WINDOW
@@ -284,9 +284,7 @@ class Devnet:
         self.state_file = state_file
         settings = queue_settings or QueueSettings()
         self.queue_settings = settings
-        self.ledger_limits = {
-            phase: ledger_limits(phase, max_tx_set_size, settings.soroban_ledger_max_tx_count) for phase in Phase
-        }
+        self.ledger_limits = {phase: ledger_limits(phase, max_tx_set_size, settings.soroban_limits) for phase in Phase}
         multipliers = {Phase.CLASSIC: settings.queue_multiplier, Phase.SOROBAN: settings.soroban_queue_multiplier}
         self.rooms = {phase: QueueRoom(scale(self.ledger_limits[phase], multipliers[phase])) for phase in Phase}
         self.fee_windows = {

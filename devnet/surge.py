@@ -54,18 +54,42 @@ Resources = tuple[int, ...]
 # stellar-core Config.cpp: TRANSACTION_QUEUE_SIZE_MULTIPLIER, SOROBAN_TRANSACTION_QUEUE_SIZE_MULTIPLIER.
 DEFAULT_QUEUE_MULTIPLIER = 2
 
-# Mainnet's Soroban ledger-wide limits (CONFIG_SETTING entries as stellar/laboratory's
-# src/constants/networkLimits.ts reads them from the network): ledger_max_tx_count,
-# ledger_max_instructions × ledger_max_dependent_tx_clusters, ledger_max_txs_size_bytes,
-# ledger_max_disk_read_bytes, ledger_max_write_bytes, ledger_max_disk_read_entries,
-# ledger_max_write_ledger_entries.
-DEFAULT_SOROBAN_LEDGER_MAX_TX_COUNT = 2_000
-SOROBAN_LEDGER_MAX_INSTRUCTIONS = 580_000_000 * 2
-SOROBAN_LEDGER_MAX_TXS_SIZE_BYTES = 266_240
-SOROBAN_LEDGER_MAX_DISK_READ_BYTES = 400_000
-SOROBAN_LEDGER_MAX_WRITE_BYTES = 286_720
-SOROBAN_LEDGER_MAX_DISK_READ_ENTRIES = 1_000
-SOROBAN_LEDGER_MAX_WRITE_ENTRIES = 1_000
+
+@dataclass(frozen=True)
+class SorobanLedgerLimits:
+    """The Soroban ledger-wide limits; the defaults are mainnet's CONFIG_SETTING entries as
+    stellar/laboratory's src/constants/networkLimits.ts reads them from the network
+    (ledger_max_tx_count, ledger_max_instructions × ledger_max_dependent_tx_clusters,
+    ledger_max_txs_size_bytes, ledger_max_disk_read_bytes, ledger_max_write_bytes,
+    ledger_max_disk_read_entries, ledger_max_write_ledger_entries)."""
+
+    tx_count: int = 2_000
+    instructions: int = 580_000_000 * 2
+    txs_size_bytes: int = 266_240
+    disk_read_bytes: int = 400_000
+    write_bytes: int = 286_720
+    disk_read_entries: int = 1_000
+    write_entries: int = 1_000
+
+    @classmethod
+    def unlimited(cls) -> SorobanLedgerLimits:
+        """No practical limit, as stellar/quickstart's ``unlimited`` profile (benchmarks)."""
+        big = 2**62
+        return cls(big, big, big, big, big, big, big)
+
+    def vector(self) -> Resources:
+        return (
+            self.tx_count,
+            self.instructions,
+            self.txs_size_bytes,
+            self.disk_read_bytes,
+            self.write_bytes,
+            self.disk_read_entries,
+            self.write_entries,
+        )
+
+
+DEFAULT_SOROBAN_LEDGER_MAX_TX_COUNT = SorobanLedgerLimits.tx_count
 
 
 class Phase(enum.Enum):
@@ -81,18 +105,8 @@ def phase_of(ptx: ParsedTransaction) -> Phase:
     return Phase.SOROBAN if ops and ops[0].body.type == OT.INVOKE_HOST_FUNCTION else Phase.CLASSIC
 
 
-def ledger_limits(phase: Phase, max_tx_set_size: int, soroban_max_tx_count: int) -> Resources:
-    if phase is Phase.CLASSIC:
-        return (max_tx_set_size,)
-    return (
-        soroban_max_tx_count,
-        SOROBAN_LEDGER_MAX_INSTRUCTIONS,
-        SOROBAN_LEDGER_MAX_TXS_SIZE_BYTES,
-        SOROBAN_LEDGER_MAX_DISK_READ_BYTES,
-        SOROBAN_LEDGER_MAX_WRITE_BYTES,
-        SOROBAN_LEDGER_MAX_DISK_READ_ENTRIES,
-        SOROBAN_LEDGER_MAX_WRITE_ENTRIES,
-    )
+def ledger_limits(phase: Phase, max_tx_set_size: int, soroban: SorobanLedgerLimits) -> Resources:
+    return (max_tx_set_size,) if phase is Phase.CLASSIC else soroban.vector()
 
 
 _SOROBAN_KEY_TYPES = {x.LedgerEntryType.CONTRACT_DATA, x.LedgerEntryType.CONTRACT_CODE, x.LedgerEntryType.TTL}
