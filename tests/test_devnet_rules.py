@@ -41,8 +41,9 @@ from stellar_sdk.soroban_rpc import (
     SendTransactionStatus,
 )
 
-from devnet.entries import AccountEntry, account_key
-from devnet.fees import non_refundable_fee
+from devnet.entries import AccountEntry, ContractBalanceEntry, account_key
+from devnet.fees import MIN_PERSISTENT_TTL, NewEntryRent, events_fee, events_size, non_refundable_fee, rent_fee
+from devnet.host import entry_size
 from devnet.ledger import Devnet
 from tests.devnet_harness import PASSPHRASE, DevnetAdmin, DevnetProcess, result_code, run_devnet, sac_transfer_envelope
 
@@ -711,6 +712,47 @@ async def test_resent_applied_transaction_is_try_again_later_then_bad_seq(
 
 
 # -- apply -----------------------------------------------------------------------------
+
+
+def soroban_meta(found: GetTransactionResponse) -> tuple[x.SorobanTransactionMetaExtV1, int]:
+    """The resource fee breakdown of a Soroban transaction's meta, and the bytes of contract
+    events and return value it emitted."""
+    assert found.result_meta_xdr is not None
+    meta = x.TransactionMeta.from_xdr(found.result_meta_xdr)
+    assert meta.v4 is not None and meta.v4.soroban_meta is not None
+    fees = meta.v4.soroban_meta.ext.v1
+    assert fees is not None
+    events = [event for op in meta.v4.operations for event in op.events]
+    return fees, events_size(events, meta.v4.soroban_meta.return_value)
+
+
+async def test_unused_refundable_fee_is_refunded(server: SorobanServerAsync, admin: DevnetAdmin) -> None:
+    """feeCharged = inclusion fee + non-refundable fee + the refundable fee consumed (events,
+    rent): simulation asks 15 % more refundable fee than the call uses, and the rest comes back."""
+    alice, bob, payout_admin = await new_accounts(admin, 3)
+    balance, _ = await account_state(server, alice.public_key)
+    prepared = await sac_transfer_envelope(server, alice, bob.public_key, XLM)
+    found = await succeed(server, admin, prepared)
+    data = soroban_data(prepared)
+    fees, emitted = soroban_meta(found)
+    non_refundable = non_refundable_fee(data.resources)
+    consumed = events_fee(emitted)  # a transfer between accounts creates no entry: no rent
+    assert fees.total_non_refundable_resource_fee_charged.int64 == non_refundable
+    assert (fees.total_refundable_resource_fee_charged.int64, fees.rent_fee_charged.int64) == (consumed, 0)
+    assert fee_charged(found) == 100 + non_refundable + consumed
+    unused = data.resource_fee.int64 - non_refundable - consumed
+    assert unused > 0 and fee_charged(found) == prepared.transaction.fee - unused
+    assert (await account_state(server, alice.public_key))[0] == balance - XLM - fee_charged(found)
+
+    # Funding a contract creates its balance entry: rent, paid out of the refundable fee too.
+    contract = (await admin.admin("POST", "payout-contract", {"admin": payout_admin.public_key}))["contract_id"]
+    funding = await sac_transfer_envelope(server, payout_admin, contract, 10 * XLM)
+    found = await succeed(server, admin, funding)
+    fees, emitted = soroban_meta(found)
+    rent = rent_fee([NewEntryRent(True, entry_size(ContractBalanceEntry(NATIVE_SAC, contract)), MIN_PERSISTENT_TTL)])
+    assert fees.rent_fee_charged.int64 == rent
+    assert fees.total_refundable_resource_fee_charged.int64 == rent + events_fee(emitted)
+    assert fee_charged(found) < funding.transaction.fee
 
 
 async def test_failed_transaction_consumes_fee_and_sequence(server: SorobanServerAsync, admin: DevnetAdmin) -> None:
