@@ -33,7 +33,9 @@ loop. It follows stellar-core where the payout engine can tell the difference:
   fails; a Soroban transaction then gets back the refundable part of its resource fee that it
   did not consume (``devnet.fees``; all of it when it failed), credited after the whole ledger
   is applied (protocol 23), so ``feeCharged`` = inclusion fee charged + non-refundable fee +
-  refundable fee consumed; an operation whose source account an earlier operation merged away
+  refundable fee consumed, and the meta's SorobanTransactionMetaExtV1 says which (the refund's
+  own ledger entry change belongs to the ledger close meta's ``postTxApplyFeeProcessing``,
+  which devnet does not report); an operation whose source account an earlier operation merged away
   fails with opNO_ACCOUNT; applied hashes are banned for 10 ledgers (re-sending →
   TRY_AGAIN_LATER, then txBAD_SEQ from ``checkValid``), never DUPLICATE;
 - getFeeStats: the inclusion fees charged over the last ledgers (``devnet.fee_stats``).
