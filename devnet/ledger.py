@@ -801,15 +801,18 @@ class Devnet:
             or outcome.write_bytes > resources.write_bytes.uint32
         ):
             return result(IHF.INVOKE_HOST_FUNCTION_RESOURCE_LIMIT_EXCEEDED), [], None
+        success = x.InvokeHostFunctionSuccessPreImage(
+            return_value=outcome.return_value, events=outcome.events
+        ).to_xdr_bytes()
         # InvokeHostFunctionOpFrame ``consumeRefundableResources``: the events and return
         # value emitted, and the rent of the entries created, out of the refundable budget.
-        emitted = events_size(outcome.events, outcome.return_value)
+        # The success preimage is exactly those bytes plus the events array's 4-byte length.
+        emitted = len(success) - 4
         if not refundable.consume(emitted, rent_fee(created_entries_rent(host_ltx, ltx.ledger_seq))):
             return result(IHF.INVOKE_HOST_FUNCTION_INSUFFICIENT_REFUNDABLE_FEE), [], None
         host_ltx.commit()
-        success = x.InvokeHostFunctionSuccessPreImage(return_value=outcome.return_value, events=outcome.events)
         return (
-            result(IHF.INVOKE_HOST_FUNCTION_SUCCESS, hashlib.sha256(success.to_xdr_bytes()).digest()),
+            result(IHF.INVOKE_HOST_FUNCTION_SUCCESS, hashlib.sha256(success).digest()),
             outcome.events,
             outcome.return_value,
         )
