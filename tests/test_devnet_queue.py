@@ -425,3 +425,19 @@ async def test_transaction_larger_than_the_queue_is_try_again_later(small: Netwo
     assert (await on_small.admin.admin("GET", "stats"))["queue"] == 0
     # 4 operations fit the queue (and wait there: a ledger holds 2).
     assert (await send(server, payment(alice, bob.public_key, ops=4))).status == PENDING
+
+
+async def test_fee_stats_survive_a_restart(tmp_path: Path) -> None:
+    """stellar-rpc refills its fee windows from the ledgers it stored; devnet from the ledgers
+    its state file retains."""
+    path = tmp_path / "state.json"
+    alice, bob = genesis(path, 2)
+    with run_devnet(3_600_000, state_file=path) as process:
+        async with _clients(process.url) as clients:
+            assert (await send(clients.server, payment(alice, bob.public_key, bid=300))).status == PENDING
+            await clients.admin.close_ledger()
+            stats = await fee_stats(clients.admin)
+    assert stats["inclusionFee"]["transactionCount"] == "1"
+    with run_devnet(3_600_000, state_file=path) as process:
+        async with _clients(process.url) as clients:
+            assert await fee_stats(clients.admin) == stats
