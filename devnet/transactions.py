@@ -272,11 +272,17 @@ def signed_weight(account: AccountEntry, payload: bytes, signatures: list[tuple[
     return weight
 
 
-def time_bounds_code(ptx: ParsedTransaction, close_time: int, ledger_seq: int) -> x.TransactionResultCode | None:
-    """txTOO_EARLY / txTOO_LATE for the ledger that would include the transaction."""
+def time_bounds_code(
+    ptx: ParsedTransaction, close_time: int, ledger_seq: int, upper_bound_offset: int = 0
+) -> x.TransactionResultCode | None:
+    """txTOO_EARLY / txTOO_LATE for the ledger that would include the transaction.
+
+    ``upper_bound_offset`` is how much later than ``close_time`` that ledger may close: the
+    transaction must still be valid then (stellar-core TransactionFrame ``isTooLate``:
+    maxTime < closeTime + upperBoundCloseTimeOffset)."""
     if ptx.min_time and close_time < ptx.min_time:
         return TC.txTOO_EARLY
-    if ptx.max_time and close_time > ptx.max_time:
+    if ptx.max_time and ptx.max_time < close_time + upper_bound_offset:
         return TC.txTOO_LATE
     if ptx.min_ledger and ledger_seq < ptx.min_ledger:
         return TC.txTOO_EARLY
@@ -291,11 +297,13 @@ def check_valid(
     next_ledger_seq: int,
     close_time: int,
     min_resource_fee: int | None,
+    upper_bound_offset: int = 0,
 ) -> Invalid | None:
     """stellar-core's ``checkValid`` for a transaction about to enter the queue or a ledger.
 
-    ``min_resource_fee`` is the fee the declared Soroban resources cost (None for classic
-    transactions). Returns why the transaction is invalid, or None when it is valid.
+    ``min_resource_fee`` is the non-refundable fee the declared Soroban resources cost (None
+    for classic transactions); ``close_time`` and ``upper_bound_offset`` as for
+    :func:`time_bounds_code`. Returns why the transaction is invalid, or None when it is valid.
     """
     ops = ptx.tx.operations
     if not ops:
@@ -305,7 +313,7 @@ def check_valid(
         return Invalid(TC.txMALFORMED)
     if not is_soroban and ptx.soroban is not None:
         return Invalid(TC.txMALFORMED)
-    code = time_bounds_code(ptx, close_time, next_ledger_seq)
+    code = time_bounds_code(ptx, close_time, next_ledger_seq, upper_bound_offset)
     if code is not None:
         return Invalid(code)
     if ptx.inclusion_fee < BASE_FEE * len(ops):

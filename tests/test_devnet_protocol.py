@@ -50,14 +50,18 @@ async def protocol_26(protocol_26_devnet: DevnetProcess) -> AsyncIterator[Networ
 
 
 async def reported_protocols(server: SorobanServerAsync) -> list[int]:
-    """The protocol version in getNetwork, getVersionInfo, getLatestLedger and its ledger header."""
+    """The protocol version in getNetwork, getVersionInfo, getLatestLedger, its ledger header
+    and the header in its close meta."""
     latest = await server.get_latest_ledger()
     header = x.LedgerHeaderHistoryEntry.from_xdr(latest.header_xdr).header
+    meta = x.LedgerCloseMeta.from_xdr(latest.metadata_xdr)
+    assert meta.v2 is not None
     return [
         (await server.get_network()).protocol_version,
         (await server.get_version_info()).protocol_version,
         latest.protocol_version,
         header.ledger_version.uint32,
+        meta.v2.ledger_header.header.ledger_version.uint32,
     ]
 
 
@@ -124,7 +128,7 @@ async def applied_status(network: Network, envelope: TransactionEnvelope) -> Get
 async def test_devnet_reports_protocol_27_and_accepts_address_v2(
     server: SorobanServerAsync, admin: DevnetAdmin
 ) -> None:
-    assert await reported_protocols(server) == [27, 27, 27, 27]
+    assert await reported_protocols(server) == [27] * 5
     network = Network(server, admin)
     relayer, alice, bob = await asyncio.gather(*(admin.new_account() for _ in range(3)))
     valid_until = (await server.get_latest_ledger()).sequence + 100
@@ -144,7 +148,7 @@ async def test_devnet_reports_protocol_27_and_accepts_address_v2(
 
 async def test_protocol_26_ignores_upgraded_auth_and_refuses_address_v2(protocol_26: Network) -> None:
     server, admin = protocol_26.server, protocol_26.admin
-    assert await reported_protocols(server) == [26, 26, 26, 26]
+    assert await reported_protocols(server) == [26] * 5
     relayer, alice, bob = await asyncio.gather(*(admin.new_account() for _ in range(3)))
     valid_until = (await server.get_latest_ledger()).sequence + 100
 

@@ -39,6 +39,9 @@ from devnet.asset_contracts import (
     asset_contract_key,
     deploy_asset_contract,
 )
+from devnet.entries import ContractInstanceEntry
+from devnet.fees import MIN_PERSISTENT_TTL, NewEntryRent, events_fee, events_size, non_refundable_fee, rent_fee
+from devnet.host import entry_size
 from tests.devnet_harness import PASSPHRASE, DevnetAdmin, result_code, sac_transfer_envelope
 
 XLM = 10_000_000
@@ -79,6 +82,15 @@ async def succeed(
 def tx_result(found: GetTransactionResponse) -> x.TransactionResult:
     assert found.result_xdr is not None
     return x.TransactionResult.from_xdr(found.result_xdr)
+
+
+def failed_soroban_fee(envelope: TransactionEnvelope) -> int:
+    """What a failed Soroban transaction is charged: the inclusion fee at the base fee (100)
+    and the non-refundable part of its resource fee; the whole refundable part comes back."""
+    data = envelope.transaction.soroban_data
+    assert data is not None
+    inclusion = envelope.transaction.fee - data.resource_fee.int64
+    return min(inclusion, 100) + non_refundable_fee(data.resources)
 
 
 def host_function_code(found: GetTransactionResponse) -> x.InvokeHostFunctionResultCode:
@@ -200,7 +212,7 @@ async def test_an_issued_asset_sac_does_not_exist_until_deployed(
     assert simulated.error is not None and "Error(Storage, MissingValue)" in simulated.error, simulated
 
     # Apply, with a footprint made by hand (the instance read-only, the trustline read-write):
-    # the host traps, the fee is charged, nothing moves.
+    # the host traps, the fee is charged (its refundable part refunded), nothing moves.
     tx.transaction.soroban_data = soroban_data(
         [asset_contract_key(usdc, PASSPHRASE)], [trustline_key(holder.public_key, usdc)]
     )
@@ -210,8 +222,8 @@ async def test_an_issued_asset_sac_does_not_exist_until_deployed(
     found = await applied(server, admin, tx)
     assert found.status == FAILED
     assert host_function_code(found) == IHF.INVOKE_HOST_FUNCTION_TRAPPED
-    assert tx_result(found).fee_charged.int64 == tx.transaction.fee
-    assert await account_state(server, issuer.public_key) == (balance - tx.transaction.fee, seq + 1)
+    assert tx_result(found).fee_charged.int64 == failed_soroban_fee(tx)
+    assert await account_state(server, issuer.public_key) == (balance - failed_soroban_fee(tx), seq + 1)
     assert await trustline_balance(server, holder.public_key, usdc) == 0
 
     # Once somebody (not the issuer) deploys it, the same payment goes through.
@@ -302,12 +314,47 @@ async def test_deploying_an_asset_contract_twice_fails(server: SorobanServerAsyn
     found = await applied(server, admin, second)
     assert found.status == FAILED
     assert host_function_code(found) == IHF.INVOKE_HOST_FUNCTION_TRAPPED
-    assert await account_state(server, deployer.public_key) == (balance - second.transaction.fee, seq + 2)
+    assert tx_result(found).fee_charged.int64 == failed_soroban_fee(second)
+    assert await account_state(server, deployer.public_key) == (balance - failed_soroban_fee(second), seq + 2)
     assert (await instance_entry(server, usdc)).last_modified_ledger == deployed.last_modified_ledger
 
     # XLM's SAC exists from genesis: deploying it is the same error.
     native = await server.simulate_transaction(deploy_envelope(deployer, seq + 2, Asset.native()))
     assert native.error is not None and "Error(Storage, ExistingValue)" in native.error, native
+
+
+async def test_deployment_pays_the_new_instance_rent_and_gets_the_rest_back(
+    server: SorobanServerAsync, admin: DevnetAdmin
+) -> None:
+    """Deploying creates a persistent entry, the SAC's instance: its rent for the network's
+    min_persistent_ttl comes out of the refundable fee with the returned address, simulation
+    asks 15 % more refundable fee than that, and the unused part is refunded."""
+    issuer, deployer = await new_accounts(admin, 2)
+    usdc = Asset("USDC", issuer.public_key)
+    seq = (await server.load_account(deployer.public_key)).sequence
+    simulated = await server.simulate_transaction(deploy_envelope(deployer, seq, usdc))
+    assert simulated.error is None and simulated.min_resource_fee is not None, simulated.error
+    prepared = await server.prepare_transaction(deploy_envelope(deployer, seq, usdc), simulated)
+    prepared.sign(deployer)
+    balance, _ = await account_state(server, deployer.public_key)
+    found = await succeed(server, admin, prepared)
+
+    instance = ContractInstanceEntry(usdc.contract_id(PASSPHRASE), "sac", f"USDC:{issuer.public_key}")
+    rent = rent_fee([NewEntryRent(True, entry_size(instance), MIN_PERSISTENT_TTL)])
+    assert found.result_meta_xdr is not None
+    meta = x.TransactionMeta.from_xdr(found.result_meta_xdr)
+    assert meta.v4 is not None and meta.v4.soroban_meta is not None and meta.v4.soroban_meta.ext.v1 is not None
+    fees = meta.v4.soroban_meta.ext.v1
+    consumed = rent + events_fee(events_size([], meta.v4.soroban_meta.return_value))  # no event, an address
+    data = prepared.transaction.soroban_data
+    assert data is not None
+    non_refundable = non_refundable_fee(data.resources)
+    assert fees.rent_fee_charged.int64 == rent > 0
+    assert fees.total_refundable_resource_fee_charged.int64 == consumed
+    assert fees.total_non_refundable_resource_fee_charged.int64 == non_refundable
+    assert simulated.min_resource_fee == non_refundable + consumed * 115 // 100
+    assert tx_result(found).fee_charged.int64 == 100 + non_refundable + consumed < prepared.transaction.fee
+    assert await account_state(server, deployer.public_key) == (balance - 100 - non_refundable - consumed, seq + 1)
 
 
 async def test_an_invalid_asset_code_is_refused_at_submission(server: SorobanServerAsync, admin: DevnetAdmin) -> None:
