@@ -415,9 +415,12 @@ class InProcess:
 def in_process(prep: Prepared, rounds: int, profile: Path | None) -> InProcess:
     """The same envelopes through ``Devnet.submit`` + ``close_ledger``, without HTTP."""
     from devnet.entries import AccountEntry, account_key
-    from devnet.ledger import Devnet
+    from devnet.ledger import Devnet, QueueSettings
+    from devnet.surge import SorobanLedgerLimits
 
-    devnet = Devnet(PASSPHRASE, max_tx_set_size=len(prep.envelopes) + 1)
+    # One ledger takes every envelope of a round: no ledger limit may get in the way.
+    settings = QueueSettings(soroban_limits=SorobanLedgerLimits.unlimited())
+    devnet = Devnet(PASSPHRASE, max_tx_set_size=len(prep.envelopes) + 1, queue_settings=settings)
     for keypair, sequence in zip(prep.keypairs, prep.sequences, strict=True):
         devnet.state.entries[account_key(keypair.public_key)] = AccountEntry(
             keypair.public_key, balance=FRIENDBOT_BALANCE, seq_num=sequence, last_modified=1

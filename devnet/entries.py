@@ -124,6 +124,50 @@ def asset_from_string(text: str) -> Asset:
     return Asset(code, issuer)
 
 
+def asset_code_problem(code: bytes, alphanum12: bool) -> str | None:
+    """Why an XDR asset code is not valid, or None when it is.
+
+    stellar-core src/util/types.cpp, isAssetValid (which the host's SAC
+    ``validate_asset`` reimplements): ASCII letters and digits, NUL padding only at the
+    end, 1-4 characters for CreditAlphanum4 and 5-12 for CreditAlphanum12.
+    """
+    body = code.rstrip(b"\0")
+    if b"\0" in body:
+        return "asset code can't have 0 character in the middle"
+    if not all(c < 0x80 and chr(c).isalnum() for c in body):
+        return "asset code has invalid character"
+    if not body:
+        return "asset code doesn't have non-0 characters"
+    if alphanum12 and len(body) <= 4:
+        return "asset codes with 4 characters or less should have `CreditAlphanum4` type"
+    return None
+
+
+def asset_from_xdr(asset: x.Asset) -> str:
+    """``native`` or ``CODE:ISSUER`` for an XDR Asset whose code :func:`asset_code_problem` accepts."""
+    if asset.type == x.AssetType.ASSET_TYPE_NATIVE:
+        return "native"
+    if asset.type == x.AssetType.ASSET_TYPE_CREDIT_ALPHANUM4:
+        assert asset.alpha_num4 is not None
+        code, issuer = asset.alpha_num4.asset_code.asset_code4, asset.alpha_num4.issuer
+    else:
+        assert asset.alpha_num12 is not None
+        code, issuer = asset.alpha_num12.asset_code.asset_code12, asset.alpha_num12.issuer
+    name = code.rstrip(b"\0").decode()
+    return f"{name}:{_account_id_str(issuer)}"
+
+
+def xdr_asset_problem(asset: x.Asset) -> str | None:
+    """Why an XDR Asset is not a valid asset (see :func:`asset_code_problem`), or None."""
+    if asset.type == x.AssetType.ASSET_TYPE_CREDIT_ALPHANUM4:
+        assert asset.alpha_num4 is not None
+        return asset_code_problem(asset.alpha_num4.asset_code.asset_code4, alphanum12=False)
+    if asset.type == x.AssetType.ASSET_TYPE_CREDIT_ALPHANUM12:
+        assert asset.alpha_num12 is not None
+        return asset_code_problem(asset.alpha_num12.asset_code.asset_code12, alphanum12=True)
+    return None if asset.type == x.AssetType.ASSET_TYPE_NATIVE else f"asset type {asset.type.name}"
+
+
 def _account_id_xdr(account_id: str) -> x.AccountID:
     return _keypair(account_id).xdr_account_id()
 
@@ -386,6 +430,64 @@ class ContractBalanceEntry:
 PAYOUT_CONTRACT_WASM_HASH = bytes.fromhex("5d1a7c3f4e2b9a8d6c0e1f2a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e")
 
 
+def _symbol(name: str) -> x.SCVal:
+    return x.SCVal(x.SCValType.SCV_SYMBOL, sym=x.SCSymbol(name.encode()))
+
+
+def _string(value: bytes) -> x.SCVal:
+    return x.SCVal(x.SCValType.SCV_STRING, str=x.SCString(value))
+
+
+def _sac_instance_storage(asset: str) -> x.SCMap:
+    """The instance storage a SAC's ``init_asset`` writes (rs-soroban-env v27.0.1,
+    soroban-env-host/src/builtin_contracts/stellar_asset_contract/contract.rs init_asset,
+    metadata.rs set_metadata, storage_types.rs InstanceDataKey):
+
+    - ``METADATA`` → ``{decimal: 7, name: "native" | "CODE:ISSUER", symbol: "native" | "CODE"}``;
+    - ``[Admin]`` → the issuer's address (issued assets only: the native SAC has no admin);
+    - ``[AssetInfo]`` → ``[Native]``, or ``[AlphaNum4 | AlphaNum12, {asset_code, issuer}]``
+      with the code as its XDR bytes (NUL padding included) and the issuer's raw key.
+
+    Keys in the host's map order (symbols before vectors, then by content).
+    """
+    if asset == "native":
+        name = symbol = b"native"
+        admin = None
+        info = x.SCVal(x.SCValType.SCV_VEC, vec=x.SCVec([_symbol("Native")]))
+    else:
+        code, issuer = asset.split(":", 1)
+        name, symbol = asset.encode(), code.encode()
+        admin = x.SCVal(x.SCValType.SCV_ADDRESS, address=sdk_address(issuer).to_xdr_sc_address())
+        width = 4 if len(code) <= 4 else 12
+        details = x.SCVal(
+            x.SCValType.SCV_MAP,
+            map=x.SCMap(
+                [
+                    _map_entry("asset_code", _string(code.encode().ljust(width, b"\0"))),
+                    _map_entry("issuer", x.SCVal(x.SCValType.SCV_BYTES, bytes=x.SCBytes(account_raw(issuer)))),
+                ]
+            ),
+        )
+        info = x.SCVal(
+            x.SCValType.SCV_VEC, vec=x.SCVec([_symbol("AlphaNum4" if width == 4 else "AlphaNum12"), details])
+        )
+    metadata = x.SCVal(
+        x.SCValType.SCV_MAP,
+        map=x.SCMap(
+            [
+                _map_entry("decimal", x.SCVal(x.SCValType.SCV_U32, u32=x.Uint32(7))),
+                _map_entry("name", _string(name)),
+                _map_entry("symbol", _string(symbol)),
+            ]
+        ),
+    )
+    entries = [x.SCMapEntry(key=_symbol("METADATA"), val=metadata)]
+    if admin is not None:
+        entries.append(x.SCMapEntry(key=x.SCVal(x.SCValType.SCV_VEC, vec=x.SCVec([_symbol("Admin")])), val=admin))
+    entries.append(x.SCMapEntry(key=x.SCVal(x.SCValType.SCV_VEC, vec=x.SCVec([_symbol("AssetInfo")])), val=info))
+    return x.SCMap(entries)
+
+
 @dataclass
 class ContractInstanceEntry:
     """A contract instance: a SAC (``asset`` set) or the built-in payout contract."""
@@ -402,7 +504,7 @@ class ContractInstanceEntry:
     def to_xdr(self) -> x.LedgerEntry:
         if self.kind == "sac":
             executable = x.ContractExecutable(x.ContractExecutableType.CONTRACT_EXECUTABLE_STELLAR_ASSET)
-            storage = None
+            storage: x.SCMap | None = _sac_instance_storage(self.asset)
         else:
             executable = x.ContractExecutable(
                 x.ContractExecutableType.CONTRACT_EXECUTABLE_WASM,

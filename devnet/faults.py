@@ -11,9 +11,15 @@ matching requests they hit; absent = until cleared):
 
 and network conditions that hold until cleared:
 
-- ``fee_surge``: ledgers include only transactions whose inclusion fee per operation is at
-  least ``inclusion_fee``; cheaper ones wait in the queue (and are dropped after 4 ledgers).
-  ``getFeeStats`` reports the surge price.
+- ``fee_surge`` (stroops per operation, at least 100): outside traffic fills every ledger,
+  bidding that much per operation (``devnet.surge.build_phase``). A transaction bidding less
+  per operation is not included: it waits in the queue and is dropped after 4 ledgers. One
+  bidding at least that much is included (ties go to devnet's transactions) and the phase
+  is surge priced: it pays the lowest included bid, i.e. the surge fee while outside traffic
+  is included. ``getFeeStats`` counts the outside traffic (the ledger's room left, each at
+  the surge fee) from the first ledger closed under the surge until those ledgers leave its
+  windows. The outside traffic takes no room in devnet's queue. ``fee_surge: 100`` is traffic
+  at the base fee: inclusion as without a surge.
 - ``ledger_stall``: no ledger closes.
 """
 

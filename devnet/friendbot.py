@@ -24,6 +24,8 @@ STARTING_BALANCE = "10000"
 MAX_BATCH = 100
 # A batch that is neither applied nor dropped within this many ledgers has failed.
 MAX_WAIT_LEDGERS = 6
+# Friendbot's time bound, in seconds, on a network of the usual pace.
+TIMEOUT_S = 300
 
 
 class FriendbotError(Exception):
@@ -55,6 +57,14 @@ class Friendbot:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
 
+    def timeout_s(self) -> int:
+        """The transaction's time bound: 300 s, or longer on a network whose expected close
+        time makes the submission bound (maxTime ≥ last close + 2 × expected close time, see
+        ``Devnet.upper_bound_close_time_offset``) reach further, so that the transaction
+        stays valid through the ledgers friendbot waits for."""
+        expected_s = -(-self.devnet.network_config.ledger_close_ms // 1000)
+        return max(TIMEOUT_S, (MAX_WAIT_LEDGERS + 2) * expected_s)
+
     async def fund(self, address: str) -> dict[str, Any]:
         if not StrKey.is_valid_ed25519_public_key(address):
             raise FriendbotError(400, "addr: must be a G… account ID (StrKey ed25519 public key)")
@@ -83,7 +93,7 @@ class Friendbot:
         assert account is not None
         builder = TransactionBuilder(
             Account(root.public_key, account.seq_num), self.devnet.passphrase, base_fee=100
-        ).set_timeout(300)
+        ).set_timeout(self.timeout_s())
         for request in batch:
             builder.append_create_account_op(request.address, STARTING_BALANCE)
         envelope = builder.build()

@@ -1,10 +1,17 @@
 """The Soroban host devnet runs: the Stellar Asset Contract and the built-in payout contract.
 
-``SorobanHost.invoke`` executes one ``InvokeContract`` host function against a
+``SorobanHost.invoke`` executes one host function against a
 :class:`~devnet.state.LedgerTxn`, in recording mode (simulation: authorizations are
 recorded, not checked) or enforcing mode (apply: every ``require_auth`` needs a matching,
 correctly signed, unexpired, unused authorization entry). Failures raise
 :class:`HostError` with the host's error text, e.g. ``Error(Contract, #10)``.
+
+Host functions: ``InvokeContract`` (a SAC or the payout contract), and
+``CreateContract``/``CreateContractV2`` with an asset preimage and the Stellar Asset
+executable, which deploys an asset's SAC (what stellar-sdk's
+``append_create_stellar_asset_contract_from_asset_op`` builds). A contract that was never
+deployed does not exist: calling it fails with ``Error(Storage, MissingValue)``. Uploading
+Wasm and deploying a contract from an address are "not supported by devnet".
 
 An address authorization is checked in soroban-env-host's order (auth.rs,
 ``AccountAuthorizationTracker::verify_and_consume_nonce`` after ``authenticate``): the
@@ -39,14 +46,17 @@ from devnet.entries import (
     account_key,
     account_strkey,
     asset_from_string,
+    asset_from_xdr,
     contract_balance_key,
     contract_raw,
+    contract_strkey,
     i128_scval,
     instance_key,
     nonce_key,
     sc_address_str,
     sdk_address,
     trustline_key,
+    xdr_asset_problem,
 )
 from devnet.errors import NotSupported
 from devnet.network_config import DEFAULT_MIN_TEMP_TTL, MAX_ENTRY_TTL
@@ -59,6 +69,7 @@ MAX_I128 = 2**127 - 1
 MAX_SIGNATURE_TTL = MAX_ENTRY_TTL
 
 INSTRUCTIONS_PER_CALL = 400_000
+INSTRUCTIONS_PER_CREATE = 600_000
 INSTRUCTIONS_PER_TRANSFER = 900_000
 INSTRUCTIONS_PER_SIGNATURE = 350_000
 
@@ -138,8 +149,51 @@ class Invocation:
         )
 
 
+HFT = x.HostFunctionType
+CREATE_FUNCTIONS = (HFT.HOST_FUNCTION_TYPE_CREATE_CONTRACT, HFT.HOST_FUNCTION_TYPE_CREATE_CONTRACT_V2)
+
+
+def contract_id_preimage(function: x.HostFunction) -> x.ContractIDPreimage | None:
+    """The contract ID preimage of a CreateContract(V2) host function, else None."""
+    if function.type == HFT.HOST_FUNCTION_TYPE_CREATE_CONTRACT:
+        assert function.create_contract is not None
+        return function.create_contract.contract_id_preimage
+    if function.type == HFT.HOST_FUNCTION_TYPE_CREATE_CONTRACT_V2:
+        assert function.create_contract_v2 is not None
+        return function.create_contract_v2.contract_id_preimage
+    return None
+
+
+def check_supported(function: x.HostFunction) -> None:
+    """Raise :class:`NotSupported` for a host function devnet does not run."""
+    if function.type == HFT.HOST_FUNCTION_TYPE_INVOKE_CONTRACT:
+        return
+    preimage = contract_id_preimage(function)
+    if preimage is None:
+        raise NotSupported(f"host function {function.type.name}")
+    if preimage.type != x.ContractIDPreimageType.CONTRACT_ID_PREIMAGE_FROM_ASSET:
+        # An address preimage deploys Wasm, which devnet cannot run.
+        raise NotSupported("deploying a contract from an address (Wasm contracts)")
+
+
+def asset_contract_id(network_id: bytes, asset: x.Asset) -> str:
+    """sha256 of the ``ENVELOPE_TYPE_CONTRACT_ID`` preimage of an asset: the SAC's ID, the
+    one ``Asset.contract_id(passphrase)`` computes (stellar-core TransactionUtils.cpp,
+    getAssetContractID)."""
+    preimage = x.HashIDPreimage(
+        x.EnvelopeType.ENVELOPE_TYPE_CONTRACT_ID,
+        contract_id=x.HashIDPreimageContractID(
+            network_id=x.Hash(network_id),
+            contract_id_preimage=x.ContractIDPreimage(
+                x.ContractIDPreimageType.CONTRACT_ID_PREIMAGE_FROM_ASSET, from_asset=asset
+            ),
+        ),
+    )
+    return contract_strkey(hashlib.sha256(preimage.to_xdr_bytes()).digest())
+
+
 def invocation_from_host_function(function: x.HostFunction) -> Invocation:
-    if function.type != x.HostFunctionType.HOST_FUNCTION_TYPE_INVOKE_CONTRACT:
+    if function.type != HFT.HOST_FUNCTION_TYPE_INVOKE_CONTRACT:
         raise NotSupported(f"host function {function.type.name}")
     assert function.invoke_contract is not None
     args = function.invoke_contract
@@ -208,9 +262,13 @@ class SorobanHost:
         ledger_seq: int,
         use_address_v2: bool = False,
     ) -> HostOutcome:
-        invocation = invocation_from_host_function(function)
+        check_supported(function)
         run = _Run(ltx, source, recording, auth_entries, use_address_v2, ledger_seq, self.network_id)
-        value = self._call(run, invocation, caller=None)
+        preimage = contract_id_preimage(function)
+        if preimage is not None:
+            value = self._create_asset_contract(run, function, preimage)
+        else:
+            value = self._call(run, invocation_from_host_function(function), caller=None)
         written = ltx.written_keys()
         read_only = sorted(ltx.read_keys - written)
         read_write = sorted(written)
@@ -227,13 +285,56 @@ class SorobanHost:
             write_bytes=write_bytes,
         )
 
+    # -- deployment -----------------------------------------------------------------
+
+    def _create_asset_contract(self, run: _Run, function: x.HostFunction, preimage: x.ContractIDPreimage) -> x.SCVal:
+        """Deploy an asset's SAC, as rs-soroban-env v27.0.1 soroban-env-host/src/host/frame.rs
+        ``invoke_function_and_return_val`` → lifecycle.rs ``create_contract_internal`` does it:
+
+        - an asset preimage has no deployer, so nothing is authorized (no ``require_auth``,
+          no auth entry recorded) and anyone may deploy any asset's SAC;
+        - the executable must be the Stellar Asset one ("asset preimage is not allowed for
+          Wasm executable", ``Error(Value, InvalidInput)``);
+        - the ID is the asset's contract ID; an existing instance fails with
+          ``Error(Storage, ExistingValue)`` "contract already exists" (``create_contract_with_id``);
+        - ``init_asset`` validates the asset code and writes the instance storage (see
+          ``devnet.entries._sac_instance_storage``); no contract event is emitted;
+        - CreateContractV2's constructor arguments are not used: only Wasm executables
+          get a constructor call (``create_contract_internal``);
+        - the return value is the new contract's address.
+
+        The footprint is the instance entry, read-write (read to check existence, then written).
+        """
+        run.instructions += INSTRUCTIONS_PER_CREATE
+        executable = (
+            function.create_contract.executable
+            if function.create_contract is not None
+            else function.create_contract_v2.executable  # type: ignore[union-attr]
+        )
+        if executable.type != x.ContractExecutableType.CONTRACT_EXECUTABLE_STELLAR_ASSET:
+            raise HostError("Error(Value, InvalidInput)", "asset preimage is not allowed for Wasm executable")
+        assert preimage.from_asset is not None
+        contract_id = asset_contract_id(run.network_id, preimage.from_asset)
+        if run.ltx.get(instance_key(contract_id)) is not None:
+            raise HostError("Error(Storage, ExistingValue)", f"contract already exists: {contract_id}")
+        problem = xdr_asset_problem(preimage.from_asset)
+        if problem is not None:
+            raise HostError("Error(Value, InvalidInput)", problem)
+        run.ltx.put(ContractInstanceEntry(contract_id, "sac", asset_from_xdr(preimage.from_asset)))
+        return x.SCVal(x.SCValType.SCV_ADDRESS, address=sdk_address(contract_id).to_xdr_sc_address())
+
     # -- dispatch -------------------------------------------------------------------
 
     def _call(self, run: _Run, inv: Invocation, caller: str | None) -> x.SCVal:
         run.instructions += INSTRUCTIONS_PER_CALL
         instance = run.ltx.get(instance_key(inv.contract))
         if not isinstance(instance, ContractInstanceEntry):
-            raise HostError("Error(Storage, MissingValue)", f"contract {inv.contract} does not exist")
+            # A contract exists only once deployed, a SAC included (rs-soroban-env
+            # soroban-env-host/src/storage.rs, decorate_storage_error).
+            raise HostError(
+                "Error(Storage, MissingValue)",
+                f"trying to get non-existing value for contract instance: {inv.contract}",
+            )
         if instance.kind == "sac":
             return self._sac(run, instance, inv, caller)
         return self._payout(run, instance, inv)

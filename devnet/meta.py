@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from stellar_sdk import xdr as x
 
 from devnet.entries import key_to_xdr
@@ -25,19 +27,43 @@ def entry_changes(changes: list[LedgerChange]) -> x.LedgerEntryChanges:
     return x.LedgerEntryChanges(items)
 
 
+@dataclass(frozen=True)
+class SorobanFees:
+    """The resource fee a Soroban transaction was charged, as SorobanTransactionMetaExtV1
+    reports it (stellar-core TransactionMetaBuilder ``setNonRefundableResourceFee`` and
+    ``maybeSetRefundableFeeMeta``); stellar-rpc's getFeeStats subtracts these from
+    ``feeCharged`` to find the inclusion fee."""
+
+    non_refundable: int
+    refundable: int
+    rent: int
+
+    def ext(self) -> x.SorobanTransactionMetaExt:
+        return x.SorobanTransactionMetaExt(
+            1,
+            v1=x.SorobanTransactionMetaExtV1(
+                ext=x.ExtensionPoint(0),
+                total_non_refundable_resource_fee_charged=x.Int64(self.non_refundable),
+                total_refundable_resource_fee_charged=x.Int64(self.refundable),
+                rent_fee_charged=x.Int64(self.rent),
+            ),
+        )
+
+
 def transaction_meta(
     before: list[LedgerChange],
     operations: list[tuple[list[LedgerChange], list[x.ContractEvent]]],
     return_value: x.SCVal | None,
-    is_soroban: bool,
+    soroban_fees: SorobanFees | None,
 ) -> x.TransactionMeta:
+    """The meta of an applied transaction; ``soroban_fees`` is None for a classic one."""
     ops = [
         x.OperationMetaV2(ext=x.ExtensionPoint(0), changes=entry_changes(changes), events=events)
         for changes, events in operations
     ]
     soroban_meta = (
-        x.SorobanTransactionMetaV2(ext=x.SorobanTransactionMetaExt(0), return_value=return_value)
-        if is_soroban
+        x.SorobanTransactionMetaV2(ext=soroban_fees.ext(), return_value=return_value)
+        if soroban_fees is not None
         else None
     )
     return x.TransactionMeta(

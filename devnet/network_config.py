@@ -5,7 +5,10 @@ client reads with ``getLedgerEntries``. devnet serves the two it models:
 
 - ``CONFIG_SETTING_STATE_ARCHIVAL``: ``min_temporary_ttl`` is devnet's ``--min-temp-ttl``
   (default 16, the protocol minimum; testnet runs 720), ``max_entry_ttl`` is 3,110,400 (the
-  limit devnet applies to signature expiration ledgers), every other field at testnet's value.
+  limit devnet applies to signature expiration ledgers), ``min_persistent_ttl`` 2,073,600
+  (pubnet's; the TTL devnet charges rent for on every new persistent entry, see
+  :mod:`devnet.fees`), the rent rate denominators the ones devnet's rent uses (1,215 and
+  2,430), every other field at testnet's value.
 - ``CONFIG_SETTING_SCP_TIMING`` (exists from protocol 23): ``ledger_target_close_time_milliseconds``
   is devnet's ``--ledger-close-ms``, the timeouts at stellar-core's initial values.
 
@@ -34,10 +37,15 @@ PROTOCOL_MIN_TEMP_TTL = 16
 DEFAULT_MIN_TEMP_TTL = PROTOCOL_MIN_TEMP_TTL
 # testnet_settings_upgrade.json, state_archival.max_entry_ttl.
 MAX_ENTRY_TTL = 3_110_400
+# The TTL of every new persistent entry: pubnet's min_persistent_ttl (stellar-core
+# soroban-settings/pubnet_phase1.json; testnet runs 120,960). devnet charges rent for it
+# (devnet.fees) and reports persistent entries live for that long (devnet.rpc), so the
+# CONFIG_SETTING entry says the same.
+MIN_PERSISTENT_TTL = 2_073_600
+# The rent rate denominators, the same on testnet (testnet_settings_upgrade.json) and pubnet.
+PERSISTENT_RENT_RATE_DENOMINATOR = 1_215
+TEMP_RENT_RATE_DENOMINATOR = 2_430
 # The rest of testnet's state_archival settings (testnet_settings_upgrade.json).
-TESTNET_MIN_PERSISTENT_TTL = 120_960
-TESTNET_PERSISTENT_RENT_RATE_DENOMINATOR = 1_215
-TESTNET_TEMP_RENT_RATE_DENOMINATOR = 2_430
 TESTNET_MAX_ENTRIES_TO_ARCHIVE = 1_000
 TESTNET_STATE_SIZE_WINDOW_SAMPLE_SIZE = 30
 TESTNET_STATE_SIZE_WINDOW_SAMPLE_PERIOD = 64
@@ -108,9 +116,9 @@ class NetworkConfig:
         return x.StateArchivalSettings(
             max_entry_ttl=x.Uint32(self.max_entry_ttl),
             min_temporary_ttl=x.Uint32(self.min_temp_ttl),
-            min_persistent_ttl=x.Uint32(TESTNET_MIN_PERSISTENT_TTL),
-            persistent_rent_rate_denominator=x.Int64(TESTNET_PERSISTENT_RENT_RATE_DENOMINATOR),
-            temp_rent_rate_denominator=x.Int64(TESTNET_TEMP_RENT_RATE_DENOMINATOR),
+            min_persistent_ttl=x.Uint32(MIN_PERSISTENT_TTL),
+            persistent_rent_rate_denominator=x.Int64(PERSISTENT_RENT_RATE_DENOMINATOR),
+            temp_rent_rate_denominator=x.Int64(TEMP_RENT_RATE_DENOMINATOR),
             max_entries_to_archive=x.Uint32(TESTNET_MAX_ENTRIES_TO_ARCHIVE),
             live_soroban_state_size_window_sample_size=x.Uint32(TESTNET_STATE_SIZE_WINDOW_SAMPLE_SIZE),
             live_soroban_state_size_window_sample_period=x.Uint32(TESTNET_STATE_SIZE_WINDOW_SAMPLE_PERIOD),

@@ -27,9 +27,9 @@ from stellar_sdk import xdr as x
 
 from devnet.entries import ContractBalanceEntry, ContractInstanceEntry, NonceEntry, key_from_xdr
 from devnet.errors import NotSupported
-from devnet.ledger import PROTOCOL_VERSION, Devnet, TransactionRecord
-from devnet.network_config import ConfigSettingNotSupported
-from devnet.transactions import BASE_FEE, MalformedEnvelope
+from devnet.ledger import Devnet, TransactionRecord
+from devnet.network_config import MIN_PERSISTENT_TTL, ConfigSettingNotSupported
+from devnet.transactions import MalformedEnvelope
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -41,8 +41,9 @@ VERSION = "27.1.1-devnet"
 MAX_LEDGER_KEYS = 200
 MAX_PAGE = 200
 DEFAULT_PAGE = 10
-# Persistent contract entries live far beyond any test; devnet reports a fixed TTL.
-PERSISTENT_TTL_LEDGERS = 2_073_600
+# Persistent contract entries live far beyond any test; devnet reports a fixed TTL, the
+# network's min_persistent_ttl (the TTL its rent is charged for).
+PERSISTENT_TTL_LEDGERS = MIN_PERSISTENT_TTL
 
 
 class RpcError(Exception):
@@ -170,7 +171,7 @@ class RpcMethods:
         return {
             "friendbotUrl": self.friendbot_url,
             "passphrase": self.devnet.passphrase,
-            "protocolVersion": PROTOCOL_VERSION,
+            "protocolVersion": self.devnet.protocol_version,
         }
 
     def get_version_info(self, _: _NoParams) -> dict[str, Any]:
@@ -179,29 +180,24 @@ class RpcMethods:
             "commitHash": "0" * 40,
             "buildTimestamp": "2026-11-24T00:00:00",
             "captiveCoreVersion": "devnet (a protocol-faithful stand-in for stellar-core)",
-            "protocolVersion": PROTOCOL_VERSION,
+            "protocolVersion": self.devnet.protocol_version,
         }
 
     def get_latest_ledger(self, _: _NoParams) -> dict[str, Any]:
         latest = self.devnet.latest
         return {
             "id": latest.hash.hex(),
-            "protocolVersion": PROTOCOL_VERSION,
+            "protocolVersion": self.devnet.protocol_version,
             "sequence": latest.sequence,
             "closeTime": str(latest.close_time),
-            "headerXdr": latest.header_entry().to_xdr(),
-            "metadataXdr": latest.close_meta().to_xdr(),
+            "headerXdr": latest.header_entry(self.devnet.protocol_version, self.devnet.max_tx_set_size).to_xdr(),
+            "metadataXdr": latest.close_meta(self.devnet.protocol_version, self.devnet.max_tx_set_size).to_xdr(),
         }
 
     def get_fee_stats(self, _: _NoParams) -> dict[str, Any]:
-        fee = str(self.devnet.faults.surge_fee or BASE_FEE)
-        distribution = {
-            k: fee
-            for k in ("max", "min", "mode", "p10", "p20", "p30", "p40", "p50", "p60", "p70", "p80", "p90", "p95", "p99")
-        }
-        distribution["transactionCount"] = "0"
-        stats = {**distribution, "ledgerCount": 1}
-        return {"sorobanInclusionFee": stats, "inclusionFee": dict(stats), "latestLedger": self.devnet.latest.sequence}
+        # The inclusion fees charged over the recent ledgers, as stellar-rpc computes them
+        # (devnet/fee_stats.py).
+        return self.devnet.fee_stats()
 
     def get_ledger_entries(self, params: _LedgerEntriesParams) -> dict[str, Any]:
         keys: list[x.LedgerKey] = []

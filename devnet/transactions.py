@@ -12,8 +12,9 @@ from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 from stellar_sdk import xdr as x
 
-from devnet.entries import AccountEntry, account_key, account_raw, account_strkey
+from devnet.entries import AccountEntry, account_key, account_raw, account_strkey, xdr_asset_problem
 from devnet.errors import NotSupported
+from devnet.host import check_supported, contract_id_preimage
 from devnet.state import LedgerState, LedgerTxn
 
 BASE_FEE = 100
@@ -30,6 +31,14 @@ _SUPPORTED_OPS = {
 
 # Indices into AccountEntry.thresholds (master weight, low, medium, high).
 THRESHOLD_LOW, THRESHOLD_MEDIUM, THRESHOLD_HIGH = 1, 2, 3
+
+# CAP-71's credentials (ADDRESS_V2, ADDRESS_WITH_DELEGATES) are XDR of protocol 27 and later
+# (stellar-protocol core/cap-0071.md; stellar-core src/util/ProtocolVersion.h, FIRST_PROTOCOL_CAP71).
+FIRST_PROTOCOL_ADDRESS_V2 = 27
+_CAP71_CREDENTIALS = {
+    x.SorobanCredentialsType.SOROBAN_CREDENTIALS_ADDRESS_V2,
+    x.SorobanCredentialsType.SOROBAN_CREDENTIALS_ADDRESS_WITH_DELEGATES,
+}
 
 
 class MalformedEnvelope(ValueError):
@@ -73,8 +82,16 @@ def _unchecked_result(op_type: x.OperationType) -> x.OperationResult:
         tr = x.OperationResultTr(
             op_type, change_trust_result=x.ChangeTrustResult(x.ChangeTrustResultCode.CHANGE_TRUST_SUCCESS)
         )
+    elif op_type == OT.INVOKE_HOST_FUNCTION:
+        # The default result stellar-core starts from: code 0 (SUCCESS) with a zero hash.
+        tr = x.OperationResultTr(
+            op_type,
+            invoke_host_function_result=x.InvokeHostFunctionResult(
+                x.InvokeHostFunctionResultCode.INVOKE_HOST_FUNCTION_SUCCESS, success=x.Hash(bytes(32))
+            ),
+        )
     else:
-        assert op_type == OT.ACCOUNT_MERGE  # classic; a Soroban transaction has a single operation
+        assert op_type == OT.ACCOUNT_MERGE
         tr = x.OperationResultTr(
             op_type,
             account_merge_result=x.AccountMergeResult(
@@ -88,10 +105,24 @@ def check_operation(op: x.Operation, source: str) -> x.OperationResult | None:
     """An operation's own checks that need no ledger state (stellar-core ``doCheckValid``),
     for the operations where devnet makes them at submission: the failing result, or None.
 
-    Only AccountMerge's so far: merging an account into itself is ACCOUNT_MERGE_MALFORMED
-    (muxed IDs compare by their underlying account).
+    - AccountMerge: merging an account into itself is ACCOUNT_MERGE_MALFORMED (muxed IDs
+      compare by their underlying account).
+    - InvokeHostFunction: creating a contract from an invalid asset (a code that
+      stellar-core's isAssetValid refuses) fails without a result code of its own
+      (stellar-core src/transactions/InvokeHostFunctionOpFrame.cpp, doCheckValidForSoroban
+      returns false and leaves the operation's default result).
     """
     body = op.body
+    if body.type == OT.INVOKE_HOST_FUNCTION:
+        assert body.invoke_host_function_op is not None
+        preimage = contract_id_preimage(body.invoke_host_function_op.host_function)
+        if (
+            preimage is not None
+            and preimage.type == x.ContractIDPreimageType.CONTRACT_ID_PREIMAGE_FROM_ASSET
+            and preimage.from_asset is not None
+            and xdr_asset_problem(preimage.from_asset) is not None
+        ):
+            return _unchecked_result(OT.INVOKE_HOST_FUNCTION)
     if body.type == OT.ACCOUNT_MERGE:
         assert body.destination is not None
         if muxed_account_id(body.destination) == source:
@@ -121,6 +152,8 @@ class ParsedTransaction:
     min_ledger: int
     max_ledger: int
     soroban: x.SorobanTransactionData | None
+    # The first protocol whose XDR can carry the envelope (stellar-core validateXDRForProtocol).
+    first_protocol: int = 0
 
     @property
     def hash_hex(self) -> str:
@@ -167,6 +200,8 @@ def parse_envelope(envelope_xdr: str, network_id: bytes) -> ParsedTransaction:
     for op in tx.operations:
         if op.body.type not in _SUPPORTED_OPS:
             raise NotSupported(f"operation {op.body.type.name}")
+        if op.body.invoke_host_function_op is not None:
+            check_supported(op.body.invoke_host_function_op.host_function)
     min_time = max_time = min_ledger = max_ledger = 0
     cond = tx.cond
     if cond.type == x.PreconditionType.PRECOND_TIME:
@@ -187,6 +222,17 @@ def parse_envelope(envelope_xdr: str, network_id: bytes) -> ParsedTransaction:
         if v2.ledger_bounds is not None:
             min_ledger, max_ledger = v2.ledger_bounds.min_ledger.uint32, v2.ledger_bounds.max_ledger.uint32
     soroban = tx.ext.soroban_data if tx.ext.v == 1 else None
+    first_protocol = 0
+    for op in tx.operations:
+        invoke = op.body.invoke_host_function_op
+        if invoke is None:
+            continue
+        for entry in invoke.auth:
+            if entry.credentials.type == x.SorobanCredentialsType.SOROBAN_CREDENTIALS_ADDRESS_WITH_DELEGATES:
+                # CAP-71-01 delegation (custom accounts) is not modelled.
+                raise NotSupported("authorization credentials SOROBAN_CREDENTIALS_ADDRESS_WITH_DELEGATES")
+            if entry.credentials.type in _CAP71_CREDENTIALS:
+                first_protocol = FIRST_PROTOCOL_ADDRESS_V2
     return ParsedTransaction(
         envelope=envelope,
         envelope_xdr=base64.b64encode(raw).decode(),
@@ -200,6 +246,7 @@ def parse_envelope(envelope_xdr: str, network_id: bytes) -> ParsedTransaction:
         min_ledger=min_ledger,
         max_ledger=max_ledger,
         soroban=soroban,
+        first_protocol=first_protocol,
     )
 
 
@@ -225,11 +272,17 @@ def signed_weight(account: AccountEntry, payload: bytes, signatures: list[tuple[
     return weight
 
 
-def time_bounds_code(ptx: ParsedTransaction, close_time: int, ledger_seq: int) -> x.TransactionResultCode | None:
-    """txTOO_EARLY / txTOO_LATE for the ledger that would include the transaction."""
+def time_bounds_code(
+    ptx: ParsedTransaction, close_time: int, ledger_seq: int, upper_bound_offset: int = 0
+) -> x.TransactionResultCode | None:
+    """txTOO_EARLY / txTOO_LATE for the ledger that would include the transaction.
+
+    ``upper_bound_offset`` is how much later than ``close_time`` that ledger may close: the
+    transaction must still be valid then (stellar-core TransactionFrame ``isTooLate``:
+    maxTime < closeTime + upperBoundCloseTimeOffset)."""
     if ptx.min_time and close_time < ptx.min_time:
         return TC.txTOO_EARLY
-    if ptx.max_time and close_time > ptx.max_time:
+    if ptx.max_time and ptx.max_time < close_time + upper_bound_offset:
         return TC.txTOO_LATE
     if ptx.min_ledger and ledger_seq < ptx.min_ledger:
         return TC.txTOO_EARLY
@@ -244,11 +297,13 @@ def check_valid(
     next_ledger_seq: int,
     close_time: int,
     min_resource_fee: int | None,
+    upper_bound_offset: int = 0,
 ) -> Invalid | None:
     """stellar-core's ``checkValid`` for a transaction about to enter the queue or a ledger.
 
-    ``min_resource_fee`` is the fee the declared Soroban resources cost (None for classic
-    transactions). Returns why the transaction is invalid, or None when it is valid.
+    ``min_resource_fee`` is the non-refundable fee the declared Soroban resources cost (None
+    for classic transactions); ``close_time`` and ``upper_bound_offset`` as for
+    :func:`time_bounds_code`. Returns why the transaction is invalid, or None when it is valid.
     """
     ops = ptx.tx.operations
     if not ops:
@@ -258,7 +313,7 @@ def check_valid(
         return Invalid(TC.txMALFORMED)
     if not is_soroban and ptx.soroban is not None:
         return Invalid(TC.txMALFORMED)
-    code = time_bounds_code(ptx, close_time, next_ledger_seq)
+    code = time_bounds_code(ptx, close_time, next_ledger_seq, upper_bound_offset)
     if code is not None:
         return Invalid(code)
     if ptx.inclusion_fee < BASE_FEE * len(ops):

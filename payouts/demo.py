@@ -13,6 +13,11 @@ operating mode, each a separate process configured only by environment variables
   started at once are carried by them, signed with the hot key; then ``starter.py batch``
   pays a 20-row CSV file, and runs it again to show that nothing is paid twice.
 
+The hot-key worker also pays in USDC, issued by a demo issuer (``PAYOUT_USDC_ISSUER``).
+As on a real network, an issued asset's Stellar Asset Contract exists only once somebody
+deploys it: the demo deploys it over RPC with the stellar-sdk
+(``devnet.asset_contracts.deploy_asset_contract``) before any payment in USDC.
+
 Payouts are started with the starter CLI, as an operator would. ``--keep-running`` keeps
 everything up afterwards so the payouts can be inspected in the Web UI.
 """
@@ -28,12 +33,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
 import aiohttp
-from stellar_sdk import Keypair
+from stellar_sdk import Asset, Keypair, TransactionBuilder
+from stellar_sdk.soroban_rpc import GetTransactionStatus
+from stellar_sdk.soroban_server_async import SorobanServerAsync
+
+from devnet.asset_contracts import deploy_asset_contract
 
 ROOT = Path(__file__).resolve().parent.parent
 PASSPHRASE = "Standalone Network ; February 2017"
@@ -105,6 +114,28 @@ async def _fund(url: str, *keypairs: Keypair) -> None:
                     raise RuntimeError(f"friendbot: {await response.text()}")
 
         await asyncio.gather(*(fund(k) for k in keypairs))
+
+
+async def _issue_usdc(url: str, issuer: Keypair, source: Keypair, winner: Keypair) -> str:
+    """USDC from ``issuer``: its SAC deployed (by the issuer here, though anybody may),
+    trustlines of the payout account and the winner, 1,000 USDC issued to the payout
+    account. Returns the SAC's contract ID."""
+    usdc = Asset("USDC", issuer.public_key)
+    async with SorobanServerAsync(url) as server:
+        contract_id = await deploy_asset_contract(server, issuer, usdc, PASSPHRASE)
+
+        async def classic(signer: Keypair, build: Callable[[TransactionBuilder], TransactionBuilder]) -> None:
+            account = await server.load_account(signer.public_key)
+            envelope = build(TransactionBuilder(account, PASSPHRASE, base_fee=100)).set_timeout(60).build()
+            envelope.sign(signer)
+            sent = await server.send_transaction(envelope)
+            found = await server.poll_transaction(sent.hash, max_attempts=60)
+            if found.status != GetTransactionStatus.SUCCESS:
+                raise RuntimeError(f"USDC set-up transaction {sent.hash}: {found.status}")
+
+        await asyncio.gather(*(classic(k, lambda b: b.append_change_trust_op(usdc)) for k in (source, winner)))
+        await classic(issuer, lambda b: b.append_payment_op(source.public_key, usdc, "1000"))
+    return contract_id
 
 
 def _pay_a_file(env: dict[str, str], run: str, work: Path) -> int:
@@ -208,11 +239,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"Temporal        127.0.0.1:{temporal_port}")
 
         source, hot_winner, build_winner, external_winner = (Keypair.random() for _ in range(4))
-        asyncio.run(_fund(rpc_url, source, hot_winner, build_winner, external_winner))
+        usdc_issuer, usdc_winner = Keypair.random(), Keypair.random()
+        asyncio.run(_fund(rpc_url, source, hot_winner, build_winner, external_winner, usdc_issuer, usdc_winner))
         secret_file = work / "hsm-secret"
         secret_file.write_text(source.secret)
         secret_file.chmod(0o600)
         print(f"payout account  {source.public_key} (funded by friendbot)")
+        usdc_sac = asyncio.run(_issue_usdc(rpc_url, usdc_issuer, source, usdc_winner))
+        print(f"USDC            issued by {usdc_issuer.public_key}; its SAC {usdc_sac} deployed over RPC")
 
         common = {
             "SOROBAN_RPC_URL": rpc_url,
@@ -221,6 +255,7 @@ def main(argv: list[str] | None = None) -> None:
             "TEMPORAL_ADDRESS": f"127.0.0.1:{temporal_port}",
             "DATABASE_URL": f"sqlite:///{work / 'payouts.db'}",
             "PAYOUTS_CONFIRM_POLL_MS": "500",
+            "PAYOUT_USDC_ISSUER": usdc_issuer.public_key,
         }
         modes = {
             "build-only": {"PAYOUTS_LIVE_EXECUTION": "false"},
@@ -254,6 +289,27 @@ def main(argv: list[str] | None = None) -> None:
             )
             print(f"\n[{mode}] starter.py pay --key {key} --wait  → exit {code}\n{out.strip() or err.strip()}")
             failures += code != 0
+
+        key = f"demo:{run}:hot-key-usdc"
+        code, out, err = starter(
+            queues["hot-key"],
+            "pay",
+            "--payout-id",
+            "hot-key-usdc-1",
+            "--destination",
+            usdc_winner.public_key,
+            "--amount",
+            "12.5",
+            "--asset",
+            "USDC",
+            "--key",
+            key,
+            "--wait",
+        )
+        print(
+            f"\n[hot-key] starter.py pay --asset USDC --key {key} --wait  → exit {code}\n{out.strip() or err.strip()}"
+        )
+        failures += code != 0
 
         key = f"demo:{run}:external"
         env = queues["external"]

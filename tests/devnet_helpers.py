@@ -43,13 +43,15 @@ async def payment_envelope(
     destination: str,
     amount: str = "1",
     base_fee: int = 100,
+    timeout: int = 300,
 ) -> TransactionEnvelope:
-    """A signed classic XLM payment using the source's next sequence number."""
+    """A signed classic XLM payment using the source's next sequence number, valid for
+    ``timeout`` seconds."""
     account = await server.load_account(source.public_key)
     tx = (
         TransactionBuilder(account, PASSPHRASE, base_fee=base_fee)
         .append_payment_op(destination, Asset.native(), amount)
-        .set_timeout(300)
+        .set_timeout(timeout)
         .build()
     )
     tx.sign(source)

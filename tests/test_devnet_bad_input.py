@@ -20,7 +20,8 @@ import aiohttp
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from stellar_sdk import Asset, Keypair, SorobanServerAsync, TransactionBuilder, TransactionEnvelope
+from stellar_sdk import Address, Asset, Keypair, SorobanServerAsync, TransactionBuilder, TransactionEnvelope
+from stellar_sdk import xdr as x
 
 from tests.devnet_harness import PASSPHRASE, DevnetAdmin, DevnetProcess, sac_transfer_envelope
 from tests.devnet_helpers import (
@@ -34,6 +35,7 @@ from tests.devnet_helpers import (
 )
 
 PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS = -32700, -32600, -32601, -32602
+NATIVE_SAC = Asset.native().contract_id(PASSPHRASE)
 DOCUMENTED_ERRORS = {PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS}
 METHODS = [
     "getHealth",
@@ -341,11 +343,44 @@ async def test_unsupported_envelopes_are_not_supported_by_devnet(
     payment = build(lambda b: b.append_payment_op(witness.payee.public_key, Asset.native(), "1"))
     fee_bump = TransactionBuilder.build_fee_bump_transaction(kp.public_key, 200, payment, PASSPHRASE)
     fee_bump.sign(kp)
+    # Host functions other than a contract call and an asset's SAC deployment.
+    upload = build(lambda b: b.append_upload_contract_wasm_op(b"\0asm\1\0\0\0"))
+    from_address = build(lambda b: b.append_create_contract_op(bytes(32), kp.public_key, salt=bytes(32)))
+    # CAP-71 delegated authorization (custom accounts).
+    delegated = x.SorobanAuthorizationEntry(
+        credentials=x.SorobanCredentials(
+            x.SorobanCredentialsType.SOROBAN_CREDENTIALS_ADDRESS_WITH_DELEGATES,
+            address_with_delegates=x.SorobanAddressCredentialsWithDelegates(
+                address_credentials=x.SorobanAddressCredentials(
+                    address=Address(witness.payee.public_key).to_xdr_sc_address(),
+                    nonce=x.Int64(1),
+                    signature_expiration_ledger=x.Uint32(1_000),
+                    signature=x.SCVal(x.SCValType.SCV_VOID),
+                ),
+                delegates=[],
+            ),
+        ),
+        root_invocation=x.SorobanAuthorizedInvocation(
+            function=x.SorobanAuthorizedFunction(
+                x.SorobanAuthorizedFunctionType.SOROBAN_AUTHORIZED_FUNCTION_TYPE_CONTRACT_FN,
+                contract_fn=x.InvokeContractArgs(
+                    contract_address=Address(NATIVE_SAC).to_xdr_sc_address(),
+                    function_name=x.SCSymbol(b"balance"),
+                    args=[],
+                ),
+            ),
+            sub_invocations=[],
+        ),
+    )
+    with_delegates = build(lambda b: b.append_invoke_contract_function_op(NATIVE_SAC, "balance", [], auth=[delegated]))
     cases = {
         "SET_OPTIONS": set_options.to_xdr(),
         "MANAGE_DATA": manage_data.to_xdr(),
         "BUMP_SEQUENCE": bump_seq.to_xdr(),
         "fee-bump": fee_bump.to_xdr(),
+        "UPLOAD_CONTRACT_WASM": upload.to_xdr(),
+        "from an address": from_address.to_xdr(),
+        "ADDRESS_WITH_DELEGATES": with_delegates.to_xdr(),
     }
     for method in ("sendTransaction", "simulateTransaction"):
         for name, envelope in cases.items():

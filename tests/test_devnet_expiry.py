@@ -38,6 +38,9 @@ XLM = 10_000_000
 NATIVE_SAC = Asset.native().contract_id(PASSPHRASE)
 MIN_TEMP_TTL = 20
 CLOCK_MS = 3_600_000  # the tests close every ledger themselves
+# A time bound past the submission bound of a network expecting hour-long ledgers
+# (maxTime ≥ last close + 2 × the expected close time), or every transaction is txTOO_LATE.
+TIMEOUT_S = 3 * CLOCK_MS // 1000
 PROTOCOL_MIN_TEMP_TTL = 16  # stellar-core MinimumSorobanNetworkConfig::MINIMUM_TEMP_ENTRY_LIFETIME
 TESTNET_MAX_ENTRY_TTL = 3_110_400  # stellar-core soroban-settings/testnet_settings_upgrade.json
 SUCCESS = GetTransactionStatus.SUCCESS
@@ -113,7 +116,7 @@ async def transfer(
     tx = (
         TransactionBuilder(account, PASSPHRASE, base_fee=100)
         .append_invoke_contract_function_op(NATIVE_SAC, "transfer", transfer_args(sender, receiver))
-        .set_timeout(300)
+        .set_timeout(TIMEOUT_S)
         .build()
     )
     return await server.prepare_transaction(tx)
@@ -270,7 +273,7 @@ async def test_nonce_can_be_signed_again_from_the_first_ledger_past_its_ttl(
             TransactionBuilder(await server.load_account(relayer.public_key), PASSPHRASE, base_fee=100)
             .append_invoke_contract_function_op(NATIVE_SAC, "transfer", transfer_args(alice, bob))
             .set_soroban_data(soroban_data)  # its footprint holds the nonce's key
-            .set_timeout(300)
+            .set_timeout(TIMEOUT_S)
             .build()
         )
         resigned = authorize_entry(signed, alice, await latest(server) + 1, PASSPHRASE)

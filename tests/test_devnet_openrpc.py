@@ -461,10 +461,12 @@ async def _fees(ctx: Ctx) -> None:
 async def _fees_surge(ctx: Ctx) -> None:
     await ctx.admin.faults(fee_surge=1_000)
     try:
+        await ctx.admin.close_ledger()  # a ledger of outside traffic bidding 1,000
         result = await ctx.rpc.result("getFeeStats")
     finally:
         await ctx.admin.clear_faults()
     assert result["inclusionFee"]["p50"] == "1000"
+    assert result["sorobanInclusionFee"]["ledgerCount"] >= 1
 
 
 @case("getLedgerEntries-found", "getLedgerEntries")

@@ -27,6 +27,9 @@ from tests.devnet_helpers import get_transaction, payment_envelope, send
 
 WINDOW = 10
 CLOCK_MS = 3_600_000  # the tests close every ledger themselves
+# A time bound past the submission bound of a network expecting hour-long ledgers
+# (maxTime ≥ last close + 2 × the expected close time), or every transaction is txTOO_LATE.
+TIMEOUT_S = 3 * CLOCK_MS // 1000
 MAX_CLOSE_LEDGERS = 200_000
 INVALID_REQUEST, INVALID_PARAMS = -32600, -32602
 
@@ -72,7 +75,7 @@ async def get_transactions(admin: DevnetAdmin, params: dict[str, Any]) -> dict[s
 async def applied_payment(admin: DevnetAdmin, server: SorobanServerAsync) -> tuple[str, int]:
     """A payment applied in the next ledger: (hash, ledger)."""
     alice, bob = await fund(admin, 2)
-    envelope = await payment_envelope(server, alice, bob.public_key)
+    envelope = await payment_envelope(server, alice, bob.public_key, timeout=TIMEOUT_S)
     assert (await send(admin, envelope.to_xdr()))["status"] == "PENDING"
     ledger = await admin.close_ledger()
     found = await get_transaction(admin, envelope.hash_hex())
@@ -152,7 +155,7 @@ async def test_close_ledgers_advances_by_count_through_the_close_path(
 ) -> None:
     admin, server = manual
     alice, bob = await fund(admin, 2)
-    envelope = await payment_envelope(server, alice, bob.public_key)
+    envelope = await payment_envelope(server, alice, bob.public_key, timeout=TIMEOUT_S)
     assert (await send(admin, envelope.to_xdr()))["status"] == "PENDING"
     before = (await server.get_latest_ledger()).sequence
     assert await admin.close_ledgers(3) == before + 3

@@ -41,7 +41,10 @@ from stellar_sdk.soroban_rpc import (
     SendTransactionStatus,
 )
 
-from devnet.entries import AccountEntry, account_key
+from devnet.asset_contracts import deploy_asset_contract
+from devnet.entries import AccountEntry, ContractBalanceEntry, account_key
+from devnet.fees import MIN_PERSISTENT_TTL, NewEntryRent, events_fee, events_size, non_refundable_fee, rent_fee
+from devnet.host import entry_size
 from devnet.ledger import Devnet
 from tests.devnet_harness import PASSPHRASE, DevnetAdmin, DevnetProcess, result_code, run_devnet, sac_transfer_envelope
 
@@ -159,6 +162,14 @@ def tx_result(found: GetTransactionResponse) -> x.TransactionResult:
 
 def fee_charged(found: GetTransactionResponse) -> int:
     return tx_result(found).fee_charged.int64
+
+
+def failed_soroban_fee(envelope: TransactionEnvelope) -> int:
+    """What a failed Soroban transaction is charged: the inclusion fee at the base fee (100)
+    and the non-refundable part of its resource fee; the whole refundable part comes back."""
+    data = soroban_data(envelope)
+    inclusion = envelope.transaction.fee - data.resource_fee.int64
+    return min(inclusion, 100) + non_refundable_fee(data.resources)
 
 
 def op_result(found: GetTransactionResponse) -> x.OperationResultTr:
@@ -556,15 +567,29 @@ async def test_insufficient_fee_below_100_stroops_per_operation(server: SorobanS
     await succeed(server, admin, resign(prepared, alice))
 
 
-async def test_resource_fee_below_simulation_is_soroban_invalid(server: SorobanServerAsync, admin: DevnetAdmin) -> None:
+async def test_resource_fee_below_non_refundable_is_soroban_invalid(
+    server: SorobanServerAsync, admin: DevnetAdmin
+) -> None:
+    """The declared resource fee must cover the non-refundable fee of the declared resources
+    at submission; the refundable part (events, rent) is only known at apply."""
     alice, bob = await new_accounts(admin, 2)
     prepared = await sac_transfer_envelope(server, alice, bob.public_key, XLM, sign=False)
     data = soroban_data(prepared)
     simulated_fee = data.resource_fee.int64
+    non_refundable = non_refundable_fee(data.resources)
+    assert non_refundable < simulated_fee  # simulation adds the refundable fee the transfer's event costs
     # Same total fee: only the declared resource fee is below what the resources cost.
-    data.resource_fee = x.Int64(simulated_fee - 1)
+    data.resource_fee = x.Int64(non_refundable - 1)
     assert error_code(await send(server, resign(prepared, alice))) == "txSOROBAN_INVALID"
-    data.resource_fee = x.Int64(simulated_fee)
+    # Exactly the non-refundable fee: accepted, but the transfer event cannot be paid for.
+    balance, seq = await account_state(server, alice.public_key)
+    data.resource_fee = x.Int64(non_refundable)
+    found = await applied(server, admin, resign(prepared, alice))
+    assert found.status == FAILED
+    assert host_function_code(found) == IHF.INVOKE_HOST_FUNCTION_INSUFFICIENT_REFUNDABLE_FEE
+    assert fee_charged(found) == failed_soroban_fee(prepared)
+    assert await account_state(server, alice.public_key) == (balance - fee_charged(found), seq + 1)
+    prepared = await sac_transfer_envelope(server, alice, bob.public_key, XLM, sign=False)
     await succeed(server, admin, resign(prepared, alice))
 
 
@@ -586,8 +611,8 @@ async def test_declared_resources_below_use_fail_at_apply(
     found = await applied(server, admin, resign(prepared, alice))
     assert found.status == FAILED
     assert host_function_code(found) == IHF.INVOKE_HOST_FUNCTION_RESOURCE_LIMIT_EXCEEDED
-    assert fee_charged(found) == prepared.transaction.fee
-    assert await account_state(server, alice.public_key) == (balance - prepared.transaction.fee, seq + 1)
+    assert fee_charged(found) == failed_soroban_fee(prepared)
+    assert await account_state(server, alice.public_key) == (balance - fee_charged(found), seq + 1)
     assert (await account_state(server, bob.public_key))[0] == bob_balance
 
 
@@ -690,6 +715,47 @@ async def test_resent_applied_transaction_is_try_again_later_then_bad_seq(
 # -- apply -----------------------------------------------------------------------------
 
 
+def soroban_meta(found: GetTransactionResponse) -> tuple[x.SorobanTransactionMetaExtV1, int]:
+    """The resource fee breakdown of a Soroban transaction's meta, and the bytes of contract
+    events and return value it emitted."""
+    assert found.result_meta_xdr is not None
+    meta = x.TransactionMeta.from_xdr(found.result_meta_xdr)
+    assert meta.v4 is not None and meta.v4.soroban_meta is not None
+    fees = meta.v4.soroban_meta.ext.v1
+    assert fees is not None
+    events = [event for op in meta.v4.operations for event in op.events]
+    return fees, events_size(events, meta.v4.soroban_meta.return_value)
+
+
+async def test_unused_refundable_fee_is_refunded(server: SorobanServerAsync, admin: DevnetAdmin) -> None:
+    """feeCharged = inclusion fee + non-refundable fee + the refundable fee consumed (events,
+    rent): simulation asks 15 % more refundable fee than the call uses, and the rest comes back."""
+    alice, bob, payout_admin = await new_accounts(admin, 3)
+    balance, _ = await account_state(server, alice.public_key)
+    prepared = await sac_transfer_envelope(server, alice, bob.public_key, XLM)
+    found = await succeed(server, admin, prepared)
+    data = soroban_data(prepared)
+    fees, emitted = soroban_meta(found)
+    non_refundable = non_refundable_fee(data.resources)
+    consumed = events_fee(emitted)  # a transfer between accounts creates no entry: no rent
+    assert fees.total_non_refundable_resource_fee_charged.int64 == non_refundable
+    assert (fees.total_refundable_resource_fee_charged.int64, fees.rent_fee_charged.int64) == (consumed, 0)
+    assert fee_charged(found) == 100 + non_refundable + consumed
+    unused = data.resource_fee.int64 - non_refundable - consumed
+    assert unused > 0 and fee_charged(found) == prepared.transaction.fee - unused
+    assert (await account_state(server, alice.public_key))[0] == balance - XLM - fee_charged(found)
+
+    # Funding a contract creates its balance entry: rent, paid out of the refundable fee too.
+    contract = (await admin.admin("POST", "payout-contract", {"admin": payout_admin.public_key}))["contract_id"]
+    funding = await sac_transfer_envelope(server, payout_admin, contract, 10 * XLM)
+    found = await succeed(server, admin, funding)
+    fees, emitted = soroban_meta(found)
+    rent = rent_fee([NewEntryRent(True, entry_size(ContractBalanceEntry(NATIVE_SAC, contract)), MIN_PERSISTENT_TTL)])
+    assert fees.rent_fee_charged.int64 == rent
+    assert fees.total_refundable_resource_fee_charged.int64 == rent + events_fee(emitted)
+    assert fee_charged(found) < funding.transaction.fee
+
+
 async def test_failed_transaction_consumes_fee_and_sequence(server: SorobanServerAsync, admin: DevnetAdmin) -> None:
     alice, bob, carol = await new_accounts(admin, 3)
     seq = await sequence_of(server, alice)
@@ -711,8 +777,8 @@ async def test_failed_transaction_consumes_fee_and_sequence(server: SorobanServe
     found = await applied(server, admin, transfer)
     assert found.status == FAILED
     assert host_function_code(found) == IHF.INVOKE_HOST_FUNCTION_TRAPPED
-    assert fee_charged(found) == transfer.transaction.fee
-    assert await account_state(server, alice.public_key) == (balance - transfer.transaction.fee, seq + 2)
+    assert fee_charged(found) == failed_soroban_fee(transfer)
+    assert await account_state(server, alice.public_key) == (balance - fee_charged(found), seq + 2)
     assert (await account_state(server, bob.public_key))[0] == bob_balance
 
 
@@ -731,6 +797,7 @@ async def test_sac_transfer_to_account_without_trustline_fails_at_apply(
 ) -> None:
     issuer, holder = await new_accounts(admin, 2)
     usdc = Asset("USDC", issuer.public_key)
+    await deploy_asset_contract(server, issuer, usdc, PASSPHRASE)  # as on a real network, before any SAC call
     holder_seq = await sequence_of(server, holder)
     await succeed(server, admin, change_trust(holder, holder_seq, usdc))
     mint = await sac_transfer_envelope(
@@ -743,7 +810,7 @@ async def test_sac_transfer_to_account_without_trustline_fails_at_apply(
     assert found.status == FAILED
     assert host_function_code(found) == IHF.INVOKE_HOST_FUNCTION_TRAPPED
     assert await account_state(server, issuer.public_key) == (balance - fee_charged(found), seq + 1)
-    assert fee_charged(found) == mint.transaction.fee
+    assert fee_charged(found) == failed_soroban_fee(mint)
     assert not await has_trustline(server, holder.public_key, usdc)
 
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 from stellar_sdk import Asset, Keypair, SorobanServerAsync, TransactionBuilder
 from stellar_sdk import xdr as x
-from stellar_sdk.exceptions import AccountNotFoundException
+from stellar_sdk.exceptions import AccountNotFoundException, PrepareTransactionException
 from stellar_sdk.soroban_rpc import GetTransactionStatus, SendTransactionStatus
 
+from devnet.asset_contracts import deploy_asset_contract
 from tests.devnet_harness import PASSPHRASE, DevnetAdmin, sac_transfer_envelope
 
 XLM = 10_000_000
@@ -85,13 +86,19 @@ async def test_sac_balance_of_contract_and_issued_asset(server: SorobanServerAsy
     trust.sign(holder)
     sent = await server.send_transaction(trust)
     assert (await server.poll_transaction(sent.hash, max_attempts=40)).status == GetTransactionStatus.SUCCESS
-    # The issuer mints to the holder through the SAC, then the holder pays a contract.
-    mint = await sac_transfer_envelope(server, issuer, holder.public_key, 500 * XLM, usdc)
-    sent = await server.send_transaction(mint)
-    assert (await server.poll_transaction(sent.hash, max_attempts=40)).status == GetTransactionStatus.SUCCESS
+    # A payout contract paying in USDC can be deployed before USDC's SAC (it only records the
+    # token), but nothing moves through the SAC until somebody deploys it.
     contract = (
         await admin.admin("POST", "payout-contract", {"admin": holder.public_key, "asset": f"USDC:{issuer.public_key}"})
     )["contract_id"]
+    with pytest.raises(PrepareTransactionException) as refused:
+        await sac_transfer_envelope(server, issuer, holder.public_key, 500 * XLM, usdc)
+    assert "Error(Storage, MissingValue)" in str(refused.value.simulate_transaction_response.error)
+    assert await deploy_asset_contract(server, holder, usdc, PASSPHRASE) == usdc.contract_id(PASSPHRASE)
+    # The issuer mints to the holder through the SAC, then the holder pays the contract.
+    mint = await sac_transfer_envelope(server, issuer, holder.public_key, 500 * XLM, usdc)
+    sent = await server.send_transaction(mint)
+    assert (await server.poll_transaction(sent.hash, max_attempts=40)).status == GetTransactionStatus.SUCCESS
     fund = await sac_transfer_envelope(server, holder, contract, 200 * XLM, usdc)
     sent = await server.send_transaction(fund)
     assert (await server.poll_transaction(sent.hash, max_attempts=40)).status == GetTransactionStatus.SUCCESS

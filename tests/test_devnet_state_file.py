@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 from stellar_sdk import Asset, Keypair, Network, SorobanServerAsync
 
+from devnet.asset_contracts import asset_contract_deployed, asset_contract_key, deploy_asset_contract
 from tests.devnet_harness import PASSPHRASE, DevnetAdmin, DevnetProcess, result_code, run_devnet, sac_transfer_envelope
 from tests.devnet_helpers import (
     AccountState,
@@ -183,3 +184,42 @@ async def test_unreadable_state_file_is_refused_clearly(tmp_path: Path, content:
             pass
     assert "Traceback" not in str(refused.value)
     assert state_file.read_bytes() == content
+
+
+async def test_deployed_asset_contract_survives_a_restart(tmp_path: Path) -> None:
+    """An issued asset's SAC, deployed by a transaction, is ledger state like any other: it is
+    still deployed (same instance, same lastModifiedLedgerSeq) after a restart."""
+    state_file = tmp_path / "devnet-state.json"
+    with run_devnet(LEDGER_MS, state_file=state_file) as first:
+        async with clients(first) as (admin, server):
+            issuer = await admin.new_account()
+            usdc = Asset("USDC", issuer.public_key)
+            await deploy_asset_contract(server, issuer, usdc, PASSPHRASE)
+            before = (await server.get_ledger_entries([asset_contract_key(usdc, PASSPHRASE)])).entries
+    assert len(before) == 1
+    with run_devnet(LEDGER_MS, state_file=state_file) as second:
+        async with clients(second) as (admin, server):
+            assert await asset_contract_deployed(server, usdc, PASSPHRASE)
+            after = (await server.get_ledger_entries([asset_contract_key(usdc, PASSPHRASE)])).entries
+            assert [(e.xdr, e.last_modified_ledger) for e in after] == [(e.xdr, e.last_modified_ledger) for e in before]
+
+
+async def test_state_file_of_another_protocol_is_refused(tmp_path: Path) -> None:
+    """The file records the protocol it was written at; devnet models no protocol upgrade, so
+    starting on it at another protocol is refused clearly and leaves the file as it was."""
+    state_file = tmp_path / "devnet-state.json"
+    with run_devnet(LEDGER_MS, "--protocol-version", "26", state_file=state_file) as first:
+        async with clients(first) as (admin, _):
+            await admin.new_account()
+    original = state_file.read_bytes()
+
+    with pytest.raises(RuntimeError, match="written at protocol 26, not 27") as refused:
+        with run_devnet(LEDGER_MS, state_file=state_file):
+            pass
+    assert "protocol_version" in str(refused.value)
+    assert "Traceback" not in str(refused.value)
+    assert state_file.read_bytes() == original
+
+    with run_devnet(LEDGER_MS, "--protocol-version", "26", state_file=state_file) as again:
+        async with clients(again) as (_, server):
+            assert (await server.get_network()).protocol_version == 26
