@@ -10,6 +10,7 @@ eviction, getFeeStats from the fees charged. Every payout runs with
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -83,10 +84,13 @@ async def test_a_signature_too_late_for_the_network_is_replaced_at_once(
             handle = await payouts.pay(request)
             first = await awaiting_signature(payouts, key)
             assert first.unsigned_xdr is not None
-            max_time = TransactionEnvelope.from_xdr(first.unsigned_xdr, PASSPHRASE).transaction.preconditions
-            assert max_time is not None and max_time.time_bounds is not None
-            late_by = max_time.time_bounds.max_time - time.time() + 2
-            delay = {"kind": "delay", "method": "sendTransaction", "count": 1, "ms": int(late_by * 1000)}
+            bounds = TransactionEnvelope.from_xdr(first.unsigned_xdr, PASSPHRASE).transaction.preconditions
+            assert bounds is not None and bounds.time_bounds is not None
+            max_time = bounds.time_bounds.max_time
+            # The signer answers 8 s before the bound (the engine asks for 3 ledgers + 5 s:
+            # 6 s here), and the envelope then takes 10 s to reach the RPC.
+            await asyncio.sleep(max(0.0, max_time - 8 - time.time()))
+            delay = {"kind": "delay", "method": "sendTransaction", "count": 1, "ms": 10_000}
             await admin.faults(rules=[delay])
             await payouts.submit_signature(key, sign(first.unsigned_xdr, source))
 
@@ -95,7 +99,7 @@ async def test_a_signature_too_late_for_the_network_is_replaced_at_once(
                 fresh = status.state == PayoutState.AWAITING_SIGNATURE and status.tx_hash != first.tx_hash
                 return status.unsigned_xdr if fresh else None
 
-            unsigned = await wait_for(second_envelope, "the replacement awaiting a signature", timeout=late_by + 30)
+            unsigned = await wait_for(second_envelope, "the replacement awaiting a signature", timeout=40)
             await payouts.submit_signature(key, sign(unsigned, source))
             outcome = await result_of(handle)
     finally:
