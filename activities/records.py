@@ -22,6 +22,7 @@ from payouts.config import PayoutSettings
 from payouts.errors import AlreadyPaid, IdempotencyConflict
 from payouts.messages import (
     AuthorizationRequest,
+    BuiltEnvelope,
     ParkedItem,
     ParkResolution,
     PayoutOutcome,
@@ -31,6 +32,22 @@ from payouts.messages import (
     RecordEnvelopeInput,
 )
 from payouts.models import PayoutRequest, PayoutState
+
+
+def record_built(engine: Engine, key: str, attempt: int, built: BuiltEnvelope, xdr: str) -> None:
+    """:func:`payouts.db.record_envelope` for a built envelope (its XDR unsigned or signed)."""
+    db.record_envelope(
+        engine,
+        key,
+        attempt,
+        built.tx_hash,
+        xdr,
+        built.source_account,
+        built.sequence,
+        built.max_time,
+        built_at_ledger=built.built_at_ledger,
+        auth_nonce=built.auth_nonce,
+    )
 
 
 class RecordActivities:
@@ -104,18 +121,7 @@ class RecordActivities:
     def record_envelope(self, recorded: RecordEnvelopeInput) -> None:
         built = recorded.envelope
         try:
-            db.record_envelope(
-                self.engine,
-                recorded.idempotency_key,
-                recorded.attempt,
-                built.tx_hash,
-                recorded.signed_xdr,
-                built.source_account,
-                built.sequence,
-                built.max_time,
-                built_at_ledger=built.built_at_ledger,
-                auth_nonce=built.auth_nonce,
-            )
+            record_built(self.engine, recorded.idempotency_key, recorded.attempt, built, recorded.signed_xdr)
         except AlreadyPaid as exc:
             leases.release(self.engine, built.source_account, recorded.idempotency_key)
             raise already_paid(exc) from None

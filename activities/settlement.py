@@ -40,6 +40,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.failures import UNSETTLED_ENVELOPE, already_paid
+from activities.records import record_built
 from payouts import db, leases
 from payouts.errors import AlreadyPaid
 from payouts.messages import BuiltEnvelope, EnvelopeLookup, SettleInput
@@ -281,19 +282,7 @@ class SettlementActivities:
                 non_retryable=True,
             )
         try:
-            await asyncio.to_thread(
-                db.record_envelope,
-                self.engine,
-                key,
-                request.attempt,
-                built.tx_hash,
-                signed_xdr,
-                built.source_account,
-                built.sequence,
-                built.max_time,
-                built_at_ledger=built.built_at_ledger,
-                auth_nonce=built.auth_nonce,
-            )
+            await asyncio.to_thread(record_built, self.engine, key, request.attempt, built, signed_xdr)
         except AlreadyPaid as exc:
             # Paid meanwhile (another run of the key): this envelope is never sent.
             await self._release_after_refusal(built.source_account, key)

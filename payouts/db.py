@@ -327,8 +327,8 @@ class EnvelopeRecord:
     created_at: datetime
     updated_at: datetime
     confirmed_at: datetime | None
-    built_at_ledger: int | None
-    auth_nonce: int | None
+    built_at_ledger: int | None = None
+    auth_nonce: int | None = None
 
     @classmethod
     def of(cls, row: TransactionRow) -> EnvelopeRecord:

@@ -10,8 +10,8 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -125,6 +125,13 @@ class DevnetAdmin:
     async def post_raw(self, data: bytes) -> tuple[int, dict[str, Any]]:
         async with self.session.post(self.url, data=data, headers={"Content-Type": "application/json"}) as response:
             return response.status, await response.json(content_type=None)
+
+
+@asynccontextmanager
+async def devnet_clients(process: DevnetProcess) -> AsyncIterator[tuple[DevnetAdmin, SorobanServerAsync]]:
+    """The admin side and an SDK client of a devnet a test module runs for itself."""
+    async with aiohttp.ClientSession() as session, SorobanServerAsync(process.url) as server:
+        yield DevnetAdmin(process.url, session), server
 
 
 async def sac_transfer_envelope(

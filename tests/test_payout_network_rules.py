@@ -15,14 +15,20 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from stellar_sdk import Keypair, SorobanServerAsync, TransactionEnvelope
 from temporalio.client import Client
 
 from payouts import db
 from payouts.models import PayoutState
-from tests.devnet_harness import PASSPHRASE, DevnetAdmin, DevnetProcess, run_devnet, sac_transfer_envelope
+from tests.devnet_harness import (
+    PASSPHRASE,
+    DevnetAdmin,
+    DevnetProcess,
+    devnet_clients,
+    run_devnet,
+    sac_transfer_envelope,
+)
 from tests.payout_checks import (
     awaiting_signature,
     latest_ledger,
@@ -121,8 +127,8 @@ def narrow_devnet() -> Iterator[DevnetProcess]:
 
 @pytest.fixture(scope="module")
 async def narrow(narrow_devnet: DevnetProcess) -> AsyncIterator[tuple[DevnetAdmin, SorobanServerAsync]]:
-    async with aiohttp.ClientSession() as session, SorobanServerAsync(narrow_devnet.url) as server:
-        yield DevnetAdmin(narrow_devnet.url, session), server
+    async with devnet_clients(narrow_devnet) as clients:
+        yield clients
 
 
 async def test_a_full_queue_is_outbid_with_the_fee_it_names(

@@ -17,7 +17,6 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from stellar_sdk import Asset, Keypair, SorobanServerAsync, TransactionBuilder, scval
 from stellar_sdk import xdr as x
@@ -29,7 +28,7 @@ from payouts.authorization import nonce_key
 from payouts.channels import channel_keypair
 from payouts.client import PayoutClient
 from payouts.models import PayoutState
-from tests.devnet_harness import PASSPHRASE, DevnetAdmin, DevnetProcess, run_devnet
+from tests.devnet_harness import PASSPHRASE, DevnetAdmin, DevnetProcess, devnet_clients, run_devnet
 from tests.payout_checks import (
     latest_ledger,
     payout,
@@ -154,8 +153,8 @@ def short_history_devnet() -> Iterator[DevnetProcess]:
 async def short_history(
     short_history_devnet: DevnetProcess,
 ) -> AsyncIterator[tuple[DevnetAdmin, SorobanServerAsync]]:
-    async with aiohttp.ClientSession() as session, SorobanServerAsync(short_history_devnet.url) as server:
-        yield DevnetAdmin(short_history_devnet.url, session), server
+    async with devnet_clients(short_history_devnet) as clients:
+        yield clients
 
 
 async def test_an_envelope_applied_unwatched_and_forgotten_parks_the_payout(

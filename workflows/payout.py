@@ -45,9 +45,10 @@ history before it runs.
 from __future__ import annotations
 
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy, SearchAttributeKey
@@ -143,6 +144,7 @@ MAX_QUEUED_SIGNATURES = 10
 SIGNED_XDR_SIZE_LIMIT = "signed-xdr-size-limit"
 PAYOUT_FAILED = "PayoutFailed"
 _TX_HASH = re.compile(r"[0-9a-f]{64}")
+Settled = TypeVar("Settled")
 
 
 class _AlreadyPaid(Exception):
@@ -458,20 +460,16 @@ class PayoutWorkflow:
             "unknown; find out from a full history and answer with resolve_parked",
             tx_hash=built.tx_hash,
         )
-        paid = await self._park(item)
-        if paid is not None:
-            return paid
-        wait = PARKED_RECHECK_FIRST
-        while True:
-            resolution = await self._wait_for_resolution(wait)
-            if resolution is not None:
-                outcome = await self._resolve(resolution)
-                return outcome if outcome is not None else replace(lookup, status="NOT_FOUND")
+
+        async def recheck() -> EnvelopeLookup | None:
             again = await self._follow(key, attempt, built, None, policy)
-            if again is not None and again.status != UNKNOWN:
-                await self._unpark()
-                return again
-            wait = min(wait * 2, PARKED_RECHECK_MAX)
+            return again if again is not None and again.status != UNKNOWN else None
+
+        outcome, settled = await self._stay_parked(item, recheck)
+        if outcome is not None:
+            return outcome
+        # Settled by a later look, or an operator found it never applied.
+        return settled if settled is not None else replace(lookup, status="NOT_FOUND")
 
     async def _wait_out_fees(self, reason: str, policy: PayoutPolicy) -> bool:
         """A fee above the cap (a surge): sleep on a durable timer, backing off, and say to
@@ -523,21 +521,17 @@ class PayoutWorkflow:
             nonce=authorization.nonce,
             valid_until_ledger=authorization.valid_until_ledger,
         )
-        paid = await self._park(item)
-        if paid is not None:
-            return paid
-        wait = PARKED_RECHECK_FIRST
-        while True:
-            resolution = await self._wait_for_resolution(wait)
-            if resolution is not None:
-                return await self._resolve(resolution)
-            report = await self._nonce_report(authorization)
-            if report.state == NonceState.USED:
-                return await self._paid_elsewhere(key, authorization, report)
-            if report.state == NonceState.UNUSED:
-                await self._unpark()
-                return None
-            wait = min(wait * 2, PARKED_RECHECK_MAX)
+
+        async def recheck() -> NonceReport | None:
+            again = await self._nonce_report(authorization)
+            return again if again.state != NonceState.UNKNOWN else None
+
+        outcome, settled = await self._stay_parked(item, recheck)
+        if outcome is not None:
+            return outcome
+        if settled is not None and settled.state == NonceState.USED:
+            return await self._paid_elsewhere(key, authorization, settled)
+        return None  # proven unused by a later look, or an operator found it never paid
 
     async def _paid_elsewhere(
         self, key: str, authorization: AuthorizationRequest, report: NonceReport
@@ -554,6 +548,28 @@ class PayoutWorkflow:
         )
 
     # -- parking -------------------------------------------------------------------------
+
+    async def _stay_parked(
+        self, item: ParkedItem, recheck: Callable[[], Awaitable[Settled | None]]
+    ) -> tuple[PayoutOutcome | None, Settled | None]:
+        """Park the payout until an operator answers or ``recheck`` (run after a minute,
+        backing off to an hour) settles what is parked. ``(outcome, None)`` when that ends
+        the payout (paid: the DB already knew, or the operator says so); ``(None, value)``
+        when a later look settled it; ``(None, None)`` when the operator found that what
+        was parked never applied."""
+        paid = await self._park(item)
+        if paid is not None:
+            return paid, None
+        wait = PARKED_RECHECK_FIRST
+        while True:
+            resolution = await self._wait_for_resolution(wait)
+            if resolution is not None:
+                return await self._resolve(resolution), None
+            settled = await recheck()
+            if settled is not None:
+                await self._unpark()
+                return None, settled
+            wait = min(wait * 2, PARKED_RECHECK_MAX)
 
     async def _park(self, item: ParkedItem) -> PayoutOutcome | None:
         """Show the payout PARKED (status, search attribute, DB, a metric) until
