@@ -66,6 +66,7 @@ EXPIRE_LEDGERS = max(ENVELOPE_TTL_SECONDS, SIGNATURE_WINDOW_SECONDS) + MIN_TEMP_
 # An operator resets or terminates a key at most this many times: a long run must not
 # keep one payout from ever finishing.
 MAX_INTERVENTIONS_PER_KEY = 2
+RESET_BATCH = 8  # an operator_reset resets 1 to this many payouts
 RELAYER_WATCH_SECONDS = 10.0  # front_run: how long the relayer watches the DB for an envelope in flight
 RESTART_TRIES = 120  # terminate_restart: seconds of tries while Temporal is down or a conflicting run holds the key
 
@@ -140,6 +141,8 @@ class FaultInjector:
         self.front_runs: list[FrontRun] = []
         self.relayer_misses: Counter[str] = Counter()  # relayer copies that did not pay, by outcome
         self.interventions: Counter[str] = Counter()  # resets and terminations per key
+        self.resets = 0
+        self.terminations = 0
         self.restarts: Counter[str] = Counter()  # terminate_restart: how the starts again went
         self._undo: set[asyncio.Task[None]] = set()  # cancelled by heal
         self._pending: set[asyncio.Task[None]] = set()  # awaited by heal
@@ -147,22 +150,32 @@ class FaultInjector:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Inject until ``stop``: first every kind once (in a drawn order, so a short run
-        covers them all), then drawn by weight."""
+        covers them all), then drawn by weight. A kind that could not be injected yet (no
+        payout in the state it needs, the app DB down) is tried again every other turn,
+        so that it does not hold up the others meanwhile."""
         kinds, weights = list(WEIGHTS), list(WEIGHTS.values())
         first = self.rng.sample(kinds, len(kinds))
+        owed: list[str] = []  # kinds that failed before they were ever injected
+        turn = 0
         while not stop.is_set():
             try:
                 await asyncio.wait_for(stop.wait(), self.rng.expovariate(1 / self.interval))
                 break
             except TimeoutError:
                 pass
-            kind = first.pop(0) if first else self.rng.choices(kinds, weights)[0]
+            turn += 1
+            if owed and (turn % 2 == 0 or not first):
+                kind = owed.pop(0)
+            elif first:
+                kind = first.pop(0)
+            else:
+                kind = self.rng.choices(kinds, weights)[0]
             try:
                 await getattr(self, f"_{kind}")()
             except (aiohttp.ClientError, RuntimeError, TimeoutError, RPCError) as exc:
                 log.warning("fault %s could not be injected: %s", kind, exc)
-                if kind not in self.injected:
-                    first.append(kind)  # every kind still gets its turn
+                if kind not in self.injected and kind not in owed:
+                    owed.append(kind)  # every kind still gets its turn
                 continue
             self.injected[kind] += 1
             log.info("injected %s", kind)
@@ -247,7 +260,7 @@ class FaultInjector:
         low, high = QUEUE_BID_ABOVE_CAP if self.rng.random() < 0.25 else QUEUE_BID_BELOW_CAP
         top = self.rng.randint(low, high)
         seconds = self.rng.uniform(5, 15)
-        task = asyncio.create_task(self.outside.filler.surge(seconds, top // 4, top), name="queue_surge")
+        task = asyncio.create_task(self.outside.filler.surge(seconds, top), name="queue_surge")
         self._undo.add(task)
         task.add_done_callback(self._undo.discard)
         task.add_done_callback(_log_failure)
@@ -383,36 +396,68 @@ class FaultInjector:
         return key in self.targets.planned and self.interventions[key] < MAX_INTERVENTIONS_PER_KEY
 
     async def _operator_reset(self) -> None:
-        """Reset a payout (running or finished) to a drawn WorkflowTaskCompleted event of its
-        latest run, as ``temporal workflow reset`` or the Web UI would."""
-        keys = sorted(k for k in self.targets.started if self._may_intervene(k))
-        if not keys:
-            raise RuntimeError("no payout to reset")
-        key = self.rng.choice(keys)
+        """Reset a batch of payouts, each to a drawn WorkflowTaskCompleted event of its
+        latest run, as ``temporal workflow reset`` (one, or a batch by query) or the Web UI
+        would. Half of them finished, preferring those whose run took several workflow
+        tasks (they waited for an account, a fee or a signature: a reset into such a wait
+        resumes a payout that already paid); the rest any payout started so far, running
+        or finished. A finished payout is not reset to its last workflow task (that only
+        replays its ending)."""
+        size = self.rng.randint(1, RESET_BATCH)
+        finished = sorted({f.id async for f in self.targets.client.list_workflows(
+            f"ExecutionStatus = 'Completed' AND ({self._queues()})", limit=500)})  # fmt: skip
+        finished = [k for k in finished if self._may_intervene(k)]
+        histories = {k: await self._completed_tasks(k) for k in self.rng.sample(finished, min(len(finished), 3 * size))}
+        long_first = sorted(histories, key=lambda k: (len(histories[k][1]) < 3, k))
+        batch = {k: histories[k] for k in long_first[: (size + 1) // 2] if len(histories[k][1]) > 1}
+        started = sorted(k for k in self.targets.started if self._may_intervene(k) and k not in batch)
+        for key in self.rng.sample(started, min(len(started), size - len(batch))):
+            batch[key] = await self._completed_tasks(key)
+        problems = []
+        for key, (run_id, events) in batch.items():
+            if key in histories:
+                events = events[:-1]
+            try:
+                if not events:
+                    raise RuntimeError("no completed workflow task to reset to yet")
+                await self._reset(key, run_id, self.rng.choice(events))
+            except (RuntimeError, RPCError) as exc:
+                problems.append(f"{key}: {exc}")
+        if len(problems) == len(batch):
+            raise RuntimeError(f"no payout was reset ({'; '.join(problems) or 'none to reset'})")
+
+    async def _completed_tasks(self, key: str) -> tuple[str, list[int]]:
+        """The latest run of ``key`` and its WorkflowTaskCompleted events."""
         client = self.targets.client
         run_id = (await client.get_workflow_handle(key).describe()).run_id
+        assert run_id is not None
         history = await client.get_workflow_handle(key, run_id=run_id).fetch_history()
-        events = [e.event_id for e in history.events if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED]
-        if not events:
-            raise RuntimeError(f"{key}: no completed workflow task to reset to yet")
+        return run_id, [e.event_id for e in history.events
+                        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED]  # fmt: skip
+
+    async def _reset(self, key: str, run_id: str, event_id: int) -> None:
+        client = self.targets.client
         await client.workflow_service.reset_workflow_execution(
             ResetWorkflowExecutionRequest(
                 namespace=client.namespace,
                 workflow_execution=WorkflowExecution(workflow_id=key, run_id=run_id),
                 reason="chaos: an operator resets the payout",
-                workflow_task_finish_event_id=self.rng.choice(events),
+                workflow_task_finish_event_id=event_id,
                 request_id=str(uuid.uuid4()),
             )
         )
         self.interventions[key] += 1
+        self.resets += 1
+
+    def _queues(self) -> str:
+        task_queues = sorted({p.task_queue for p in self.targets.planned.values()})
+        return " OR ".join(f"TaskQueue = '{q}'" for q in task_queues)
 
     async def _terminate_restart(self) -> None:
         """Terminate a running payout, then start it again (the same request) a few seconds
         later, as an operator who ``temporal workflow terminate``s and resubmits would."""
-        task_queues = sorted({p.task_queue for p in self.targets.planned.values()})
-        queues = " OR ".join(f"TaskQueue = '{q}'" for q in task_queues)
         running = [(f.id, f.run_id) async for f in self.targets.client.list_workflows(
-            f"ExecutionStatus = 'Running' AND ({queues})", limit=500)]  # fmt: skip
+            f"ExecutionStatus = 'Running' AND ({self._queues()})", limit=500)]  # fmt: skip
         candidates = sorted((key, run) for key, run in running if self._may_intervene(key))
         if not candidates:
             raise RuntimeError("no running payout to terminate")
@@ -421,6 +466,7 @@ class FaultInjector:
             reason="chaos: an operator terminates the payout"
         )
         self.interventions[key] += 1
+        self.terminations += 1
         self._background(self._start_again(key, self.rng.uniform(1, 5)), self._pending)
 
     async def _start_again(self, key: str, after: float) -> None:
@@ -430,7 +476,7 @@ class FaultInjector:
         for _ in range(RESTART_TRIES):
             try:
                 await payouts.pay(request_of(p))
-                self.restarts["started again"] += 1
+                self.restarts["started"] += 1
                 return
             except RPCError as exc:  # the Temporal server may be restarting
                 log.debug("start %s again: %s", key, exc)
@@ -439,5 +485,5 @@ class FaultInjector:
                 # fails on the DB's record of the first request; then the start goes through.
                 self.restarts["waited for a conflicting run"] += 1
             await asyncio.sleep(1)
-        self.restarts["never started again"] += 1
+        self.restarts["never started"] += 1
         log.error("%s: terminated and not started again for %d s", key, RESTART_TRIES)

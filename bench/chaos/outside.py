@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 
 from stellar_sdk import Account, Asset, Keypair, TransactionBuilder, TransactionEnvelope
 from stellar_sdk import xdr as x
-from stellar_sdk.exceptions import BaseRequestError, SorobanRpcErrorResponse
+from stellar_sdk.exceptions import BaseRequestError
 from stellar_sdk.operation import InvokeHostFunction
 from stellar_sdk.soroban_rpc import GetTransactionStatus, SendTransactionResponse, SendTransactionStatus
 from stellar_sdk.soroban_server_async import SorobanServerAsync
@@ -38,9 +38,12 @@ from payouts.envelopes import build_payout_transaction
 log = logging.getLogger("chaos.outside")
 
 FILLER_STROOPS = 1  # what each filler transaction moves to the sink
+BID_START = 1_000  # the least first bid of a surge, stroops per operation
 SENDS_AT_ONCE = 12  # the fillers' sendTransaction calls in flight
-# Transport failures the fault injector's own devnet faults cause to outside parties too.
-RPC_FAILURES = (BaseRequestError, SorobanRpcErrorResponse, OSError, asyncio.TimeoutError)
+# What the run's own devnet faults do to outside parties' calls too: transport errors, and
+# an injected HTTP 5xx, whose body stellar-sdk fails to validate as a JSON-RPC response
+# (pydantic's ValidationError, a ValueError).
+RPC_FAILURES = (BaseRequestError, OSError, asyncio.TimeoutError, ValueError)
 
 
 @dataclass
@@ -92,8 +95,10 @@ class QueueFiller:
     """Keeps devnet's Soroban queue full of high bids for a while.
 
     Every half ledger each filler sends a transfer bidding the round's inclusion fee; the
-    bids climb from ``first_bid`` to ``top_bid`` over the surge, so later rounds evict what
-    earlier ones (and the engine, out-bidding them) put in the queue. A filler with a
+    bids climb by half each round, from a 32nd of ``top_bid`` to ``top_bid``, faster than
+    getFeeStats (what the engine bids by) follows: the engine's envelopes meet a queue of
+    higher bids (refused, naming the fee needed) and its replacements are evicted by the
+    next rounds. A filler with a
     transaction still queued is answered TRY_AGAIN_LATER (one per source account), which
     costs nothing. Each filler's call is simulated once; its resources never change."""
 
@@ -123,12 +128,12 @@ class QueueFiller:
             assert isinstance(op, InvokeHostFunction) and prepared.transaction.soroban_data is not None
             self._prepared[filler.public_key] = (op, prepared.transaction.soroban_data)
 
-    async def surge(self, seconds: float, first_bid: int, top_bid: int) -> None:
+    async def surge(self, seconds: float, top_bid: int) -> None:
         self.stats.surges += 1
         rounds = max(2, int(seconds * 2000 / self.ledger_ms))
-        for index in range(rounds):
+        bid = max(BID_START, top_bid // 32)
+        for _ in range(rounds):
             self.stats.rounds += 1
-            bid = first_bid + (top_bid - first_bid) * index // (rounds - 1)
             try:
                 sequences = await _sequences(self.rpc, list(self._prepared))
             except RPC_FAILURES as exc:  # the run's own devnet faults hit the fillers too
@@ -137,6 +142,7 @@ class QueueFiller:
             await asyncio.gather(*(self._send(f, sequences[f.public_key], bid)
                                    for f in self.accounts.fillers if f.public_key in sequences))  # fmt: skip
             await asyncio.sleep(self.ledger_ms / 2000)
+            bid = min(top_bid, bid * 3 // 2)
 
     async def _send(self, filler: Keypair, sequence: int, bid: int) -> None:
         op, data = self._prepared[filler.public_key]
@@ -181,7 +187,11 @@ class Relayer:
         ops = tx.operations
         if len(ops) != 1 or not isinstance(ops[0], InvokeHostFunction) or tx.soroban_data is None:
             raise RuntimeError("not a payout envelope")
-        latest = (await self.rpc.get_latest_ledger()).sequence
+        try:
+            latest = (await self.rpc.get_latest_ledger()).sequence
+            sequence = (await _sequences(self.rpc, [self.account.public_key]))[self.account.public_key]
+        except RPC_FAILURES as exc:
+            raise RuntimeError(f"the relayer could not read the ledger: {exc!r}") from None
         for entry in ops[0].auth:
             credentials = entry.credentials.address or entry.credentials.address_v2
             if credentials is None:
@@ -194,7 +204,6 @@ class Relayer:
                 )
         resource_fee = tx.soroban_data.resource_fee.int64
         inclusion = max(2 * (tx.fee - resource_fee), 10_000)
-        sequence = (await _sequences(self.rpc, [self.account.public_key]))[self.account.public_key]
         copy = (
             TransactionBuilder(Account(self.account.public_key, sequence), self.passphrase, base_fee=inclusion)
             .append_operation(ops[0])

@@ -77,7 +77,8 @@ class OutsideStats:
     surge: SurgeStats
     front_runs: list[FrontRun]
     relayer_misses: Counter[str]
-    interventions: int
+    resets: int
+    terminations: int
     restarts: Counter[str]
     engine_refusals: Counter[str]  # devnet's ERROR answers to the engine's sources, by code
 
@@ -120,7 +121,7 @@ class ChaosResult:
             "refused: " + _counts(o.engine_refusals),
             f"relayer: {len(o.front_runs)} front-runs paid"
             + (f", misses: {_counts(o.relayer_misses)}" if o.relayer_misses else ""),
-            f"operator: {o.interventions} resets and terminations; starts again: {_counts(o.restarts)}",
+            f"operator: {o.resets} payouts reset, {o.terminations} terminated (started again: {_counts(o.restarts)})",
             f"duplicates {r.count('duplicate')}, lost {r.count('lost')}, "
             f"disagreements {r.count('disagreement')}, parked {r.count('parked')}, "
             f"unknown payments {r.count('unknown payment')}, "
@@ -327,7 +328,7 @@ async def run_chaos(config: ChaosConfig) -> ChaosResult:
         violations += [f"UNSETTLED {key}: still in flight {config.settle_timeout:.0f} s after healing"
                        for key in unsettled]  # fmt: skip
         stats = OutsideStats(filler.stats, injector.front_runs, injector.relayer_misses,
-                             sum(injector.interventions.values()), injector.restarts, refusals)  # fmt: skip
+                             injector.resets, injector.terminations, injector.restarts, refusals)  # fmt: skip
         return ChaosResult(config, report, injector.injected, signer.stats, workload.starts, unsettled,
                            time.monotonic() - began, work, stats, violations)  # fmt: skip
     finally:
