@@ -48,8 +48,9 @@ async def test_chaos_run_pays_each_key_at_most_once_and_the_books_agree(backend:
     assert set(result.faults) == set(WEIGHTS), result.render()
     assert result.report.outcomes["confirmed"] > 0 and result.report.outcomes["built"] > 0
     # A front-run is counted only once the relayer's copy paid: the audit found that
-    # payment as the key's one, named by the DB and Temporal.
-    assert result.report.paid_by_outside == len(result.outside.front_runs) > 0, result.render()
+    # payment as the key's one, named by the DB and Temporal (a copy that landed after the
+    # relayer stopped looking counts in the audit only).
+    assert result.report.paid_by_outside >= len(result.outside.front_runs) > 0, result.render()
     assert result.outside.surge.answers["PENDING"] > 0, result.render()
     assert result.starts["concurrent duplicate starts"] > 0
     assert sum(result.report.outcomes.values()) == payouts
