@@ -1,8 +1,11 @@
-"""The short chaos run of issue 6, on every push: K payouts across all operating modes
-while every devnet fault, worker SIGKILLs, Temporal server restarts, app DB outages,
-duplicate and conflicting starts and a misbehaving external signer hit the engine; then
-the independent audit (bench/chaos/audit.py). Any duplicate, lost payout or disagreement
-fails the test with the audit's report: the keys, their envelopes and the ledger entries.
+"""The short chaos run of issues 6 and 13, on every push: K payouts across all operating
+modes while every devnet fault, queue surges by outside filler accounts, a relayer
+front-running the engine with a copied authorization, worker SIGKILLs (one while the
+ledger moves past every authorization the worker issued), Temporal server restarts, app
+DB outages, an operator's resets and terminate-and-start-again, duplicate and conflicting
+starts and a misbehaving external signer hit the engine; then the independent audit
+(bench/chaos/audit.py). Any duplicate, lost payout, disagreement or parked payout fails
+the test with the audit's report: the keys, their envelopes and the ledger entries.
 
 ``CHAOS_SEED`` picks another seed (the fault sequence and the signer's plans follow from
 it); ``CHAOS_PAYOUTS`` another K. The long run is ``python -m bench.chaos``.
@@ -44,5 +47,10 @@ async def test_chaos_run_pays_each_key_at_most_once_and_the_books_agree(backend:
     # The run did what it claims: every kind of fault, every outcome path exercised.
     assert set(result.faults) == set(WEIGHTS), result.render()
     assert result.report.outcomes["confirmed"] > 0 and result.report.outcomes["built"] > 0
+    # A front-run is counted only once the relayer's copy paid: the audit found that
+    # payment as the key's one, named by the DB and Temporal (a copy that landed after the
+    # relayer stopped looking counts in the audit only).
+    assert result.report.paid_by_outside >= len(result.outside.front_runs) > 0, result.render()
+    assert result.outside.surge.answers["PENDING"] > 0, result.render()
     assert result.starts["concurrent duplicate starts"] > 0
     assert sum(result.report.outcomes.values()) == payouts

@@ -26,7 +26,9 @@ def applied(p: PlannedPayout, tx_hash: str, *, successful: bool = True, stroops:
 
 def envelope(p: PlannedPayout, tx_hash: str, status: db.EnvelopeStatus) -> db.EnvelopeRecord:
     now = datetime.now(UTC)
-    return db.EnvelopeRecord(1, p.key, 1, tx_hash, "AAAA", CHANNEL, 7, 0, status, FEE, 10, None, now, now, None)
+    return db.EnvelopeRecord(
+        1, p.key, 1, tx_hash, "AAAA", CHANNEL, 7, 0, status, FEE, 10, None, now, now, None, 9, None
+    )
 
 
 def paid_row(p: PlannedPayout, tx_hash: str) -> DbFact:
@@ -163,3 +165,148 @@ def test_envelope_rows_must_match_the_ledger() -> None:
         "envelope never-sent is still submitted after its payout ended",
         "ledger 10 applied unrecorded, which the DB never recorded",
     ]
+
+
+# -- outside parties, operators' interventions and parked payouts ---------------------------
+
+RELAYER, FILLER, SINK = (Keypair.random().public_key for _ in range(3))
+OUTSIDE = frozenset({RELAYER, FILLER, SINK})
+
+
+def relayed(p: PlannedPayout, tx_hash: str, *, successful: bool = True) -> AppliedTx:
+    """A relayer's transaction carrying the payout account's authorization for ``p``."""
+    return AppliedTx(tx_hash, 11, successful, RELAYER, FEE, (PAYER, WINNER, p.stroops))
+
+
+def test_a_payment_carried_by_an_outside_relayer_is_the_keys_one_payment() -> None:
+    p = planned(0, "hot-channels")
+    rows = (envelope(p, "engine", db.EnvelopeStatus.EXPIRED),)  # dropped: the relayer used the nonce first
+    report = check(
+        [p],
+        [relayed(p, "relayer")],
+        {p.key: TemporalFact("COMPLETED", CONFIRMED, "relayer", "paid by a transaction this engine did not send")},
+        {p.key: DbFact(CONFIRMED, "relayer", None, rows)},
+        {PAYER: -p.stroops, WINNER: p.stroops, RELAYER: -FEE},
+        OUTSIDE,
+    )
+    assert report.violations == []
+    assert report.outcomes == {"confirmed": 1} and report.paid_by_outside == 1
+
+
+def test_without_the_outside_accounts_a_relayers_payment_is_unrecorded() -> None:
+    p = planned(0, "hot-channels")
+    report = check(
+        [p],
+        [relayed(p, "relayer")],
+        {p.key: TemporalFact("COMPLETED", CONFIRMED, "relayer")},
+        {p.key: DbFact(CONFIRMED, "relayer", None)},
+        {PAYER: -p.stroops, WINNER: p.stroops, RELAYER: -FEE},
+    )
+    assert [v.detail for v in report.violations] == ["ledger 11 applied relayer, which the DB never recorded"]
+
+
+def test_a_relayers_payment_the_db_or_temporal_does_not_name_is_a_disagreement() -> None:
+    a, b = planned(0, "hot-channels"), planned(1, "external-channels")
+    report = check(
+        [a, b],
+        [relayed(a, "relayer-a"), relayed(b, "relayer-b")],
+        {
+            a.key: TemporalFact("COMPLETED", CONFIRMED, None),  # Temporal must name the relayer's hash
+            b.key: TemporalFact("COMPLETED", CONFIRMED, "relayer-b"),
+        },
+        {a.key: DbFact(CONFIRMED, None, None), b.key: DbFact(CONFIRMED, None, None)},  # nor the DB's hash
+        {PAYER: -a.stroops - b.stroops, WINNER: a.stroops + b.stroops, RELAYER: -2 * FEE},
+        OUTSIDE,
+    )
+    assert sorted((v.key, v.detail) for v in report.violations) == [
+        (a.key, "paid by relayer-a, but Temporal names None"),
+        (b.key, "paid by relayer-b, but the DB says CONFIRMED None"),
+    ]
+
+
+def test_the_engine_and_a_relayer_both_paying_is_a_duplicate() -> None:
+    p = planned(0, "hot-channels")
+    report = check(
+        [p],
+        [applied(p, "engine"), relayed(p, "relayer")],
+        {p.key: TemporalFact("COMPLETED", CONFIRMED, "engine")},
+        {p.key: paid_row(p, "engine")},
+        {PAYER: -2 * p.stroops, WINNER: 2 * p.stroops, CHANNEL: -FEE, RELAYER: -FEE},
+        OUTSIDE,
+    )
+    assert report.count("duplicate") == 1
+
+
+def test_a_relayers_failed_copy_is_only_its_fee() -> None:
+    p = planned(0, "hot-channels")
+    report = check(
+        [p],
+        [applied(p, "engine"), relayed(p, "relayer", successful=False)],
+        {p.key: TemporalFact("COMPLETED", CONFIRMED, "engine")},
+        {p.key: paid_row(p, "engine")},
+        {PAYER: -p.stroops, WINNER: p.stroops, CHANNEL: -FEE, RELAYER: -FEE},
+        OUTSIDE,
+    )
+    assert report.violations == [] and report.paid_by_outside == 0
+
+
+def test_queue_fillers_transfers_are_outside_traffic_and_must_balance() -> None:
+    p = planned(0)
+    filler = AppliedTx("f", 12, True, FILLER, 3 * FEE, (FILLER, SINK, 1))
+    facts = ({p.key: TemporalFact("COMPLETED", CONFIRMED, "a")}, {p.key: paid_row(p, "a")})
+    balanced = {**moves(p), FILLER: -3 * FEE - 1, SINK: 1}
+    report = check([p], [applied(p, "a"), filler], *facts, balanced, OUTSIDE)
+    assert report.violations == [] and report.outside_transfers == 1
+    # Not an outside account: a transfer nobody asked for.
+    assert check([p], [applied(p, "a"), filler], *facts, balanced).count("unknown payment") == 1
+    # The filler's transfer did not move the sink: a balance violation names it.
+    skewed = {**balanced, SINK: 0}
+    assert [v.key for v in check([p], [applied(p, "a"), filler], *facts, skewed, OUTSIDE).violations] == [SINK]
+
+
+def test_a_parked_payout_is_a_violation_of_its_own_kind() -> None:
+    a, b = planned(0, "hot-channels"), planned(1, "external-channels")
+    report = check(
+        [a, b],
+        [],
+        {
+            a.key: TemporalFact("RUNNING", PayoutState.PARKED, error="nonce 7 ... answer with resolve_parked"),
+            b.key: TemporalFact("RUNNING", PayoutState.SUBMITTED),
+        },
+        {a.key: DbFact(PayoutState.PARKED, None, "nonce 7"), b.key: DbFact(PayoutState.PARKED, None, "envelope")},
+        moves(fees=0),
+    )
+    assert sorted((v.kind, v.key) for v in report.violations) == [("parked", a.key), ("parked", b.key)]
+    assert report.outcomes == {"parked": 2}
+
+
+def test_fee_cap_waits_end_paid_or_failed_and_both_pass() -> None:
+    waited, gave_up = planned(0), planned(1)
+    error = "fee 3000123 stroops exceeds PAYOUTS_MAX_GAS_STROOPS=2000000"
+    report = check(
+        [waited, gave_up],
+        [applied(waited, "a")],
+        {
+            waited.key: TemporalFact("COMPLETED", CONFIRMED, "a"),
+            gave_up.key: TemporalFact("FAILED", PayoutState.FAILED, error=error),
+        },
+        {waited.key: paid_row(waited, "a"), gave_up.key: DbFact(PayoutState.FAILED, None, error)},
+        moves(waited),
+    )
+    assert report.violations == []
+    assert report.outcomes == {"confirmed": 1, "failed": 1} and report.failure_reasons == {"fee above cap": 1}
+
+
+def test_a_terminated_latest_run_is_lost() -> None:
+    p = planned(0)
+    report = check([p], [], {p.key: TemporalFact("TERMINATED")}, {p.key: DbFact(PayoutState.SUBMITTED, None, None)},
+                   moves(fees=0))  # fmt: skip
+    assert [v.kind for v in report.violations] == ["lost"]
+
+
+def test_the_db_must_name_the_applied_hash_even_when_temporal_names_none() -> None:
+    p = planned(0)
+    rows = (envelope(p, "a", db.EnvelopeStatus.CONFIRMED),)
+    report = check([p], [applied(p, "a")], {p.key: TemporalFact("COMPLETED", CONFIRMED, None)},
+                   {p.key: DbFact(CONFIRMED, None, None, rows)}, moves(p))  # fmt: skip
+    assert [v.detail for v in report.violations] == ["paid by a, but the DB says CONFIRMED None"]

@@ -9,21 +9,30 @@ It trusts nobody's bookkeeping but the ledger's. Three sources are read separate
 - **Temporal**: each key's latest run: its status, its result or failure, and for a live
   run the ``status`` query.
 
-Then, per idempotency key, exactly one of these must hold:
+Each key is judged by its latest run (after an operator's reset, the new run; after a
+terminate and a new start, the new one). Per idempotency key, exactly one of these must
+hold:
 
 - one applied payment, Temporal CONFIRMED with that transaction's hash, the DB CONFIRMED
-  with the same hash;
+  with the same hash; the transaction is the engine's, or an outside relayer's that
+  carried the payout account's authorization (then the DB's ``payouts.tx_hash`` and
+  Temporal name the relayer's transaction, "paid by a transaction this engine did not
+  send");
 - no applied payment, Temporal FAILED with a reason, the DB FAILED;
 - no applied payment and a live run waiting for a signature (the signer never answered);
 - no applied payment and BUILT (build-only mode);
 
-and each of the key's envelope rows is settled as the ledger says (``confirmed`` and
-``failed`` ones applied so, ``expired`` ones never applied, none left ``queued`` or
-``submitted`` once the payout ended), and every transaction the ledger applied for the key
-was recorded in the DB (promise 3); and across the run: no applied payment that no key
-asked for, and each account's balance moved by exactly the confirmed amounts (as
-Temporal reports them) plus the fees the ledger charged it. Anything else is a violation,
-printed with the key, its envelopes and the ledger entries involved.
+and never PARKED: the run stays within the RPC's history, so the engine can always prove
+what it handed out (a ``parked`` violation). Each of the key's envelope rows is settled as
+the ledger says (``confirmed`` and ``failed`` ones applied so, ``expired`` ones never
+applied, none left ``queued`` or ``submitted`` once the payout ended), and every
+transaction of the engine's that the ledger applied for the key was recorded in the DB
+(promise 3); an outside party's transaction carrying the key's authorization is not
+(failed, it is only its fee). Across the run: no applied payment that no key asked for
+(outside traffic, the queue fillers' transfers, aside), and each account's balance moved
+by exactly the confirmed amounts (as Temporal reports them), the outside traffic's
+transfers, and the fees the ledger charged it. Anything else is a violation, printed
+with the key, its envelopes and the ledger entries involved.
 
 :func:`check` is a pure function of what was read, so the audit itself is tested on
 made-up facts (``tests/test_chaos_audit.py``).
@@ -44,9 +53,10 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureEr
 from temporalio.service import RPCError, RPCStatusCode
 
 from payouts import db
+from payouts.amounts import from_stroops
 from payouts.client import PayoutClient
 from payouts.messages import PayoutOutcome
-from payouts.models import PayoutState
+from payouts.models import PayoutRequest, PayoutState
 
 
 @dataclass(frozen=True)
@@ -69,6 +79,13 @@ AMOUNT_BASE = 1_000_000
 
 def planned_stroops(index: int, *, conflicting: bool = False) -> int:
     return AMOUNT_BASE + 2 * index + (1 if conflicting else 0)
+
+
+def request_of(p: PlannedPayout, *, conflicting: bool = False) -> PayoutRequest:
+    """The request the run sends for ``p`` (or, ``conflicting``, another amount under its key)."""
+    stroops = planned_stroops(p.index, conflicting=conflicting)
+    return PayoutRequest(payout_id=f"chaos-{p.index}", destination=p.destination, amount=from_stroops(stroops),
+                         asset="XLM", idempotency_key=p.key)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -101,7 +118,7 @@ class DbFact:
 
 @dataclass
 class Violation:
-    kind: str  # duplicate | lost | disagreement | unknown payment | balance
+    kind: str  # duplicate | lost | disagreement | parked | unknown payment | balance
     key: str
     detail: str
     envelopes: tuple[db.EnvelopeRecord, ...] = ()
@@ -126,6 +143,8 @@ class AuditReport:
     failure_reasons: Counter[str] = field(default_factory=Counter)
     violations: list[Violation] = field(default_factory=list)
     applied_payments: int = 0
+    paid_by_outside: int = 0  # keys paid by an outside relayer's transaction
+    outside_transfers: int = 0  # applied transfers of outside traffic (queue fillers)
     fees_charged: int = 0
 
     def count(self, kind: str) -> int:
@@ -136,6 +155,7 @@ def _reason_class(error: str | None) -> str:
     text = (error or "").lower()
     for marker, name in (
         ("exceeds payouts_max_gas_stroops", "fee above cap"),
+        ("authorization expired", "authorization expired before a channel carried it"),
         ("attempts used", "attempts exhausted"),
         ("conflict", "idempotency conflict"),
         ("simulation failed", "simulation failed"),
@@ -151,20 +171,30 @@ def check(
     temporal: dict[str, TemporalFact],
     database: dict[str, DbFact],
     balance_moves: dict[str, int],
+    outside: frozenset[str] = frozenset(),
 ) -> AuditReport:
     """The audit proper: see the module docstring. ``balance_moves`` is each account's
-    final balance minus its balance when the run began."""
+    final balance minus its balance when the run began; ``outside`` the accounts of the
+    outside parties (queue fillers, their sink, relayers)."""
     report = AuditReport()
     by_amount = {(p.payer, p.destination, p.stroops): p for p in planned}
     payments: dict[str, list[AppliedTx]] = defaultdict(list)
     attempts: dict[str, list[AppliedTx]] = defaultdict(list)
+    expected_moves: Counter[str] = Counter()
     for tx in ledger:
         report.fees_charged += tx.fee_charged
+        expected_moves[tx.source] -= tx.fee_charged
         if tx.transfer is None:
             continue
         owner = by_amount.get(tx.transfer)
         if owner is None:
-            if tx.successful:
+            sender, receiver, stroops = tx.transfer
+            if sender in outside:
+                if tx.successful:
+                    report.outside_transfers += 1
+                    expected_moves[sender] -= stroops
+                    expected_moves[receiver] += stroops
+            elif tx.successful:
                 report.violations.append(Violation("unknown payment", "-", f"no key asked for {tx.transfer}",
                                                    ledger_entries=(tx,)))  # fmt: skip
             continue
@@ -174,9 +204,6 @@ def check(
             report.applied_payments += 1
 
     ledger_by_hash = {tx.tx_hash: tx for tx in ledger}
-    expected_moves: Counter[str] = Counter()
-    for tx in ledger:
-        expected_moves[tx.source] -= tx.fee_charged
     for p in planned:
         t = temporal.get(p.key, TemporalFact("MISSING"))
         d = database.get(p.key, DbFact(None, None, None))
@@ -185,7 +212,7 @@ def check(
         def violation(kind: str, detail: str, p: PlannedPayout = p, d: DbFact = d) -> None:
             report.violations.append(Violation(kind, p.key, detail, d.envelopes, tuple(attempts.get(p.key, []))))
 
-        for reason in _envelope_disagreements(d.envelopes, attempts.get(p.key, []), ledger_by_hash, t):
+        for reason in _envelope_disagreements(d.envelopes, attempts.get(p.key, []), ledger_by_hash, t, outside):
             violation("disagreement", reason)
         if t.state == PayoutState.CONFIRMED:
             expected_moves[p.payer] -= p.stroops
@@ -193,15 +220,23 @@ def check(
         if len(paid) > 1:
             violation("duplicate", f"{len(paid)} applied payments")
             continue
+        if PayoutState.PARKED in (t.state, d.state):
+            report.outcomes["parked"] += 1
+            violation("parked", f"PARKED within the RPC's history: Temporal {t.status} {t.state} "
+                      f"({t.error or ''}), the DB {d.state} ({d.error or ''})")  # fmt: skip
+            continue
         if paid:
             report.outcomes["confirmed"] += 1
-            tx_hash = paid[0].tx_hash
+            tx = paid[0]
+            relayed = tx.source in outside
+            if relayed:
+                report.paid_by_outside += 1
             if t.status != "COMPLETED" or t.state != PayoutState.CONFIRMED:
-                violation("disagreement", f"paid in ledger {paid[0].ledger}, but Temporal says {t.status} {t.state}")
-            elif t.tx_hash is not None and t.tx_hash != tx_hash:
-                violation("disagreement", f"paid by {tx_hash}, but Temporal names {t.tx_hash}")
-            elif d.state != PayoutState.CONFIRMED or d.tx_hash != t.tx_hash:
-                violation("disagreement", f"paid by {tx_hash}, but the DB says {d.state} {d.tx_hash}")
+                violation("disagreement", f"paid in ledger {tx.ledger}, but Temporal says {t.status} {t.state}")
+            elif (t.tx_hash is not None or relayed) and t.tx_hash != tx.tx_hash:
+                violation("disagreement", f"paid by {tx.tx_hash}, but Temporal names {t.tx_hash}")
+            elif d.state != PayoutState.CONFIRMED or d.tx_hash != tx.tx_hash:
+                violation("disagreement", f"paid by {tx.tx_hash}, but the DB says {d.state} {d.tx_hash}")
             continue
         if t.status == "COMPLETED" and t.state == PayoutState.BUILT and p.mode == "build-only":
             report.outcomes["built"] += 1
@@ -225,7 +260,7 @@ def check(
         moved, expected = balance_moves.get(account, 0), expected_moves.get(account, 0)
         if moved != expected:
             report.violations.append(Violation("balance", account, f"moved {moved} stroops, expected {expected} "
-                                               "(confirmed payouts and fees)"))  # fmt: skip
+                                               "(confirmed payouts, outside transfers and fees)"))  # fmt: skip
     return report
 
 
@@ -234,13 +269,15 @@ def _envelope_disagreements(
     on_chain_for_key: list[AppliedTx],
     ledger_by_hash: dict[str, AppliedTx],
     temporal: TemporalFact,
+    outside: frozenset[str] = frozenset(),
 ) -> list[str]:
     """Each envelope row against the ledger: settled as the ledger says, and every applied
-    transaction of the key recorded before it was sent (promise 3)."""
+    transaction of the engine's for the key recorded before it was sent (promise 3); an
+    outside party's transaction is nobody's envelope."""
     found = []
     recorded = {e.tx_hash for e in envelopes}
     for tx in on_chain_for_key:
-        if tx.tx_hash not in recorded:
+        if tx.tx_hash not in recorded and tx.source not in outside:
             found.append(f"ledger {tx.ledger} applied {tx.tx_hash}, which the DB never recorded")
     for e in envelopes:
         on_chain = ledger_by_hash.get(e.tx_hash)

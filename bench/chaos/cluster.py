@@ -31,6 +31,22 @@ from payouts.demo import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 PASSPHRASE = "Standalone Network ; February 2017"
+# Soroban transactions per ledger on the run's devnet (mainnet: 2,000). The engine's
+# sources (4 + 4 channels, two payout accounts) send at most 10 at a time, so this carries
+# the run; its queue holds twice that, so a surge needs only tens of filler transactions.
+SOROBAN_LEDGER_TXS = 12
+FILLERS = 3 * SOROBAN_LEDGER_TXS  # enough to keep the queue full while each ledger drains a share
+# The protocol minimum TTL of temporary entries (devnet's default), passed explicitly:
+# the expire_across_outage fault counts on it.
+MIN_TEMP_TTL = 16
+# The workers' envelope validity (hot key) and signature window (external signer), in
+# seconds; an authorization is valid that many ledgers (activities.chain.AUTH_LEDGERS_PER_SECOND).
+ENVELOPE_TTL_SECONDS = 20
+SIGNATURE_WINDOW_SECONDS = 45
+# How long a payout waits out a fee above the cap: longer than a short surge above the cap
+# keeps getFeeStats' p90 there (its 50-ledger window), shorter than a long one, so both
+# outcomes (paid after waiting, failed) happen.
+FEE_CAP_WAIT_SECONDS = 60
 
 
 @dataclass(frozen=True)
@@ -191,7 +207,10 @@ class Cluster:
     # -- devnet and Temporal --------------------------------------------------------------
 
     def start_devnet(self) -> None:
-        args = [sys.executable, "-m", "devnet", "--port", str(self.rpc_port), "--ledger-close-ms", str(self.ledger_ms)]
+        args = [
+            sys.executable, "-m", "devnet", "--port", str(self.rpc_port), "--ledger-close-ms", str(self.ledger_ms),
+            "--soroban-ledger-max-tx-count", str(SOROBAN_LEDGER_TXS), "--min-temp-ttl", str(MIN_TEMP_TTL),
+        ]  # fmt: skip
         self.devnet = _start(args, self.work / "devnet.log")
         wait_for_port(self.rpc_port, self.devnet, "devnet")
 
@@ -221,8 +240,9 @@ class Cluster:
             "PAYOUTS_SIGN_WITH_HOT_KEY": "true" if mode.hot_key else "false",
             "PAYOUTS_CONFIRM_POLL_MS": str(max(100, self.ledger_ms // 3)),
             "PAYOUTS_CONFIRM_MAX_POLLS": "20",
-            "PAYOUTS_ENVELOPE_TTL_SECONDS": "20",
-            "PAYOUTS_SIGNATURE_WINDOW_SECONDS": "45",
+            "PAYOUTS_ENVELOPE_TTL_SECONDS": str(ENVELOPE_TTL_SECONDS),
+            "PAYOUTS_SIGNATURE_WINDOW_SECONDS": str(SIGNATURE_WINDOW_SECONDS),
+            "PAYOUTS_FEE_CAP_WAIT_SECONDS": str(FEE_CAP_WAIT_SECONDS),
             "PAYOUTS_CHANNEL_COUNT": str(mode.channels),
             "TEMPORAL_ADDRESS": self.temporal_address,
             "TEMPORAL_TASK_QUEUE": accounts.task_queue,

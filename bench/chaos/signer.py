@@ -12,6 +12,10 @@ for the payout says, drawn from the run's seed:
   signature over something else), then the right one;
 - ``never``: no answer at all; the payout must stay live, waiting, and pay nothing.
   Only for channel payouts: without channels a waiting payout holds the payout account.
+
+A request is answered once per run: a run that follows an operator's reset or a
+terminate-and-start-again may ask for the very same entry again (the key's recorded
+authorization), and a real HSM signs it again.
 """
 
 from __future__ import annotations
@@ -83,7 +87,7 @@ class ExternalSigner:
         self.seed = seed
         self.plans: dict[str, str] = {}
         self.stats = SignerStats()
-        self._handled: set[tuple[str, str]] = set()  # (key, what was asked)
+        self._handled: set[tuple[str, str, str]] = set()  # (key, run, what was asked)
         self._asked_at: dict[str, float] = {}  # key → when its status was last read
         self._tasks: set[asyncio.Task[None]] = set()
         self._queries = asyncio.Semaphore(STATUS_QUERIES_AT_ONCE)
@@ -100,13 +104,15 @@ class ExternalSigner:
         query = f"ExecutionStatus = 'Running' AND PayoutStatus = 'AWAITING_SIGNATURE' AND ({queues})"
         while not stop.is_set():
             try:
-                waiting = [(f.id, f.task_queue) async for f in self.client.list_workflows(query)]
+                waiting = [(f.id, f.run_id, f.task_queue) async for f in self.client.list_workflows(query)]
             except RPCError as exc:
                 log.debug("visibility: %s", exc)  # the Temporal server may be restarting
                 waiting = []
             # Side by side: read one after another, hundreds of waiting payouts made the
             # signer, not the engine, the bottleneck of a long run.
-            await asyncio.gather(*(self._consider(key, queue) for key, queue in waiting if queue in self.modes))
+            await asyncio.gather(
+                *(self._consider(key, run, queue) for key, run, queue in waiting if queue in self.modes)
+            )
             try:
                 await asyncio.wait_for(stop.wait(), 0.5)
             except TimeoutError:
@@ -115,7 +121,7 @@ class ExternalSigner:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _consider(self, key: str, queue: str) -> None:
+    async def _consider(self, key: str, run: str, queue: str) -> None:
         # A status query is a round trip through a worker: with hundreds of payouts
         # waiting, asking each on every poll loaded the Temporal server more than the
         # payouts did. A payout asks again only after a window closes (tens of seconds).
@@ -134,9 +140,9 @@ class ExternalSigner:
         except RPCError:
             return
         asked = status.authorization_xdr or status.unsigned_xdr
-        if status.state != PayoutState.AWAITING_SIGNATURE or asked is None or (key, asked) in self._handled:
+        if status.state != PayoutState.AWAITING_SIGNATURE or asked is None or (key, run, asked) in self._handled:
             return
-        self._handled.add((key, asked))
+        self._handled.add((key, run, asked))
         task = asyncio.create_task(self._answer(key, self.modes[queue], status))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
