@@ -166,13 +166,15 @@ class PayoutWorkflow:
         self._fees_above_cap_since: datetime | None = None
         self._fee_wait = timedelta(0)
         self._error = "no attempt was made"
+        self._request: PayoutRequest | None = None
+        self._policy: PayoutPolicy | None = None
         self._asset = "XLM"
 
     # -- the flow ----------------------------------------------------------------------
 
     @workflow.run
     async def run(self, request: PayoutRequest) -> PayoutOutcome:
-        self._asset = request.asset
+        self._request, self._asset = request, request.asset
         try:
             return await self._pay(request)
         except _AlreadyPaid:
@@ -187,7 +189,7 @@ class PayoutWorkflow:
         start = await self._start(request)
         if start.confirmed is not None:
             return await self._finish(start.confirmed, count=False)  # counted by the run that paid
-        policy = start.policy
+        policy = self._policy = start.policy
         paid = await self._settle_recorded(key, start.unsettled, policy)
         if paid is not None:
             return paid
@@ -237,6 +239,10 @@ class PayoutWorkflow:
                 if _error_type(exc) == FEE_CAP_EXCEEDED and await self._wait_out_fees(_reason(exc), policy):
                     self._attempt -= 1  # nothing was signed or sent: not an attempt
                     continue
+                if authorization is None and authorizes:
+                    # The hot key may have made one in a build that failed afterwards (a
+                    # timeout, a fee above the cap): recorded, so the DB hands it back.
+                    authorization = (await self._start(request)).authorization
                 if authorization is not None:
                     # A signed authorization exists: the payout is FAILED only once it
                     # provably never paid (expired before a channel carried it: ask again).
@@ -251,7 +257,7 @@ class PayoutWorkflow:
                         continue
                 # Fee above the cap or a failing simulation: nothing was signed or sent.
                 outcome = PayoutOutcome(key, PayoutState.FAILED, error=_reason(exc))
-                return await self._fail(request, outcome, _error_type(exc) or "BuildFailed", policy)
+                return await self._end(outcome, _error_type(exc) or "BuildFailed")
             self._fees_above_cap_since, self._fee_wait = None, timedelta(0)
             if built.authorization is not None:
                 # Made by the hot key for this envelope: later carriers carry it too.
@@ -334,19 +340,19 @@ class PayoutWorkflow:
         outcome = PayoutOutcome(
             key, PayoutState.FAILED, error=f"{policy.max_attempts} attempts used; last: {self._error}"
         )
-        return await self._fail(request, outcome, "AttemptsExhausted", policy)
+        return await self._end(outcome, "AttemptsExhausted")
 
-    async def _fail(
-        self, request: PayoutRequest, outcome: PayoutOutcome, kind: str, policy: PayoutPolicy
-    ) -> PayoutOutcome:
-        """FAILED, once no envelope of the key can still apply: one refused and never
-        replaced (its replacement could not be built) is settled first; if it paid after
-        all, that is the outcome."""
-        restart = await self._start(request)
-        paid = await self._settle_recorded(request.idempotency_key, restart.unsettled, policy)
+    async def _end(self, outcome: PayoutOutcome, failure_kind: str | None = None) -> PayoutOutcome:
+        """Finish with ``outcome`` once every envelope of the key is settled: one refused
+        and never replaced (its replacement could not be built, or an outside transaction
+        used the authorization first) is settled first; if it paid after all, that is the
+        outcome. The DB then holds no envelope that could still apply."""
+        assert self._request is not None and self._policy is not None
+        restart = await self._start(self._request)
+        paid = await self._settle_recorded(self._request.idempotency_key, restart.unsettled, self._policy)
         if paid is not None:
             return paid
-        return await self._finish(outcome, failure_kind=kind)
+        return await self._finish(outcome, failure_kind=failure_kind)
 
     # -- steps ---------------------------------------------------------------------------
 
@@ -536,16 +542,15 @@ class PayoutWorkflow:
     async def _paid_elsewhere(
         self, key: str, authorization: AuthorizationRequest, report: NonceReport
     ) -> PayoutOutcome:
-        return await self._finish(
-            PayoutOutcome(
-                key,
-                PayoutState.CONFIRMED,
-                tx_hash=report.used_tx_hash,
-                ledger=report.used_ledger,
-                error=f"paid by a transaction this engine did not send, carrying its authorization "
-                f"(nonce {authorization.nonce})",
-            )
+        outcome = PayoutOutcome(
+            key,
+            PayoutState.CONFIRMED,
+            tx_hash=report.used_tx_hash,
+            ledger=report.used_ledger,
+            error=f"paid by a transaction this engine did not send, carrying its authorization "
+            f"(nonce {authorization.nonce})",
         )
+        return await self._end(outcome)
 
     # -- parking -------------------------------------------------------------------------
 
