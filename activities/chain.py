@@ -39,7 +39,7 @@ import logging
 import secrets
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from sqlalchemy.engine import Engine
 from stellar_sdk import Account, Keypair, TransactionEnvelope
@@ -59,7 +59,7 @@ from activities.failures import (
     already_paid,
     no_free_account,
 )
-from payouts import authorization_store, db, leases
+from payouts import authorization_store, leases
 from payouts.assets import resolve_asset
 from payouts.authorization import (
     NonceState,
@@ -241,22 +241,25 @@ class ChainActivities:
         if not settings.PAYOUTS_LIVE_EXECUTION:
             # Build-only: nothing will be sent by us, so nothing is leased.
             return await self._build(request, settings.PAYOUT_SOURCE_ACCOUNT, validity)
-        await self._refuse_if_paid(request.idempotency_key)
+        paid, held = await asyncio.to_thread(authorization_store.before_build, self.engine, request.idempotency_key)
+        if paid is not None:
+            # Nothing is built or authorized for a key the DB knows as paid.
+            raise already_paid(AlreadyPaid(request.idempotency_key, paid.tx_hash))
         account = await self._lease(request.idempotency_key, validity)
         try:
-            return await self._build(request, account, validity)
+            return await self._build(request, account, validity, held)
         except ApplicationError as exc:
             if exc.type != NO_FREE_ACCOUNT and exc.non_retryable:
                 await self._release(account, request.idempotency_key)
             raise
 
-    async def _refuse_if_paid(self, key: str) -> None:
-        """Nothing is built or authorized for a key the DB knows as paid (AlreadyPaid)."""
-        paid = await asyncio.to_thread(db.payment_of, self.engine, key)
-        if paid is not None:
-            raise already_paid(AlreadyPaid(key, paid.tx_hash))
-
-    async def _build(self, request: BuildEnvelopeInput, account: str, validity: int) -> BuiltEnvelope:
+    async def _build(
+        self,
+        request: BuildEnvelopeInput,
+        account: str,
+        validity: int,
+        held: authorization_store.AuthorizationRecord | None = None,
+    ) -> BuiltEnvelope:
         settings = self.settings
         payer = settings.PAYOUT_SOURCE_ACCOUNT
         channel = account != payer
@@ -292,9 +295,13 @@ class ChainActivities:
             signed_entry = request.signed_authorization
             if signed_entry is None:
                 # The hot key authorizes now, once a channel is leased (so the entry is
-                # fresh), recorded before it leaves the worker; the key's earlier
-                # authorization instead, if one may still pay.
-                authorization = await self._recorded_authorization(request, envelope, stats.latest_ledger, validity)
+                # fresh; recorded with the envelope that carries it, before that is
+                # sent); the key's recorded authorization instead, if one may still pay.
+                authorization = (
+                    await self._hot_signed(held)
+                    if held is not None
+                    else self._authorization(envelope, stats.latest_ledger, validity, sign=True)
+                )
                 signed_entry = authorization.signed_entry_xdr
                 assert signed_entry is not None
             entry = x.SorobanAuthorizationEntry.from_xdr(signed_entry)
@@ -341,57 +348,54 @@ class ChainActivities:
     @activity.defn
     async def request_authorization(self, request: BuildEnvelopeInput) -> AuthorizationRequest:
         """Channels with an external signer: the payout account's authorization entry to be
-        signed, recorded in the DB before the signer sees it; the key's unsettled
-        authorization instead, if it has one (the same nonce again). Nothing is leased: a
-        channel is leased only to carry a signed authorization."""
-        await self._refuse_if_paid(request.idempotency_key)
-        window = self.settings.PAYOUTS_SIGNATURE_WINDOW_SECONDS
+        signed, recorded in the DB before the signer sees it (refused for a key that
+        paid); the key's unsettled authorization instead, if it has one (the same nonce
+        again, and its signature if a signer gave one). Nothing is leased: a channel is
+        leased only to carry a signed authorization."""
+        settings = self.settings
+        window = settings.PAYOUTS_SIGNATURE_WINDOW_SECONDS
         # The carrier does not matter to the entry: any channel, any sequence.
         envelope = self._payout_transaction(request, Account(self.keys.pool.accounts[0], 0), window)
         latest = (await self.rpc.get_latest_ledger()).sequence
-        return await self._recorded_authorization(request, envelope, latest, window)
-
-    async def _recorded_authorization(
-        self, request: BuildEnvelopeInput, envelope: TransactionEnvelope, latest_ledger: int, window: int
-    ) -> AuthorizationRequest:
-        """A fresh authorization for the envelope's call (signed at once with the hot key),
-        recorded; or the key's unsettled one, which the DB returns instead (signed now with
-        the hot key if it never was)."""
-        settings = self.settings
-        payer = settings.PAYOUT_SOURCE_ACCOUNT
-        hot = not request.external_signing
-        fresh = self._authorization(envelope, latest_ledger, window, sign=hot)
+        fresh = self._authorization(envelope, latest, window, sign=False)
         try:
             recorded = await asyncio.to_thread(
                 authorization_store.record,
                 self.engine,
                 request.idempotency_key,
-                payer,
+                settings.PAYOUT_SOURCE_ACCOUNT,
                 fresh.nonce,
                 fresh.entry_xdr,
                 fresh.valid_until_ledger,
                 fresh.expires_at,
-                latest_ledger,
-                fresh.signed_entry_xdr,
+                latest,
             )
         except AlreadyPaid as exc:
             raise already_paid(exc) from None
-        if recorded.nonce == fresh.nonce:
-            return fresh
-        entry = x.SorobanAuthorizationEntry.from_xdr(recorded.entry_xdr)
-        signed = recorded.signed_entry_xdr
-        if signed is None and hot:
-            passphrase = settings.STELLAR_NETWORK_PASSPHRASE
-            signed = sign_entry(entry, self._hot_keypair(), recorded.valid_until_ledger, passphrase).to_xdr()
-            await asyncio.to_thread(authorization_store.record_signature, self.engine, payer, recorded.nonce, signed)
+        return fresh if recorded.nonce == fresh.nonce else self._request_of(recorded)
+
+    async def _hot_signed(self, held: authorization_store.AuthorizationRecord) -> AuthorizationRequest:
+        """The key's recorded authorization, signed with the hot key if it never was (made
+        for an external signer before the worker's mode changed)."""
+        if held.signed_entry_xdr is not None:
+            return self._request_of(held)
+        entry = x.SorobanAuthorizationEntry.from_xdr(held.entry_xdr)
+        passphrase = self.settings.STELLAR_NETWORK_PASSPHRASE
+        signed = sign_entry(entry, self._hot_keypair(), held.valid_until_ledger, passphrase).to_xdr()
+        payer = self.settings.PAYOUT_SOURCE_ACCOUNT
+        await asyncio.to_thread(authorization_store.record_signature, self.engine, payer, held.nonce, signed)
+        return replace(self._request_of(held), signed_entry_xdr=signed)
+
+    def _request_of(self, record: authorization_store.AuthorizationRecord) -> AuthorizationRequest:
+        entry = x.SorobanAuthorizationEntry.from_xdr(record.entry_xdr)
         return AuthorizationRequest(
-            entry_xdr=recorded.entry_xdr,
-            payload_hex=authorization_payload(entry, settings.STELLAR_NETWORK_PASSPHRASE).hex(),
-            nonce=recorded.nonce,
-            valid_until_ledger=recorded.valid_until_ledger,
-            expires_at=recorded.sign_by,
-            signed_entry_xdr=signed,
-            unused_through_ledger=recorded.unused_through_ledger,
+            entry_xdr=record.entry_xdr,
+            payload_hex=authorization_payload(entry, self.settings.STELLAR_NETWORK_PASSPHRASE).hex(),
+            nonce=record.nonce,
+            valid_until_ledger=record.valid_until_ledger,
+            expires_at=record.sign_by,
+            signed_entry_xdr=record.signed_entry_xdr,
+            unused_through_ledger=record.unused_through_ledger,
         )
 
     def _authorization(

@@ -10,6 +10,7 @@ Temporal's history of that run is gone) or envelopes that were sent and never se
 from __future__ import annotations
 
 from sqlalchemy.engine import Engine
+from sqlmodel import Session
 from stellar_sdk import xdr as x
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -34,8 +35,25 @@ from payouts.messages import (
 from payouts.models import PayoutRequest, PayoutState
 
 
-def record_built(engine: Engine, key: str, attempt: int, built: BuiltEnvelope, xdr: str) -> None:
-    """:func:`payouts.db.record_envelope` for a built envelope (its XDR unsigned or signed)."""
+def record_built(engine: Engine, payer: str, key: str, attempt: int, built: BuiltEnvelope, xdr: str) -> None:
+    """:func:`payouts.db.record_envelope` for a built envelope (its XDR unsigned or signed),
+    with the hot-key authorization it carries, if that is new, in the same transaction."""
+    authorization = built.authorization
+
+    def with_authorization(session: Session) -> None:
+        assert authorization is not None and authorization.signed_entry_xdr is not None
+        authorization_store.record_carried(
+            session,
+            key,
+            payer,
+            authorization.nonce,
+            authorization.entry_xdr,
+            authorization.signed_entry_xdr,
+            authorization.valid_until_ledger,
+            authorization.expires_at,
+            authorization.unused_through_ledger,
+        )
+
     db.record_envelope(
         engine,
         key,
@@ -47,6 +65,7 @@ def record_built(engine: Engine, key: str, attempt: int, built: BuiltEnvelope, x
         built.max_time,
         built_at_ledger=built.built_at_ledger,
         auth_nonce=built.auth_nonce,
+        with_insert=with_authorization if authorization is not None and authorization.signed_entry_xdr else None,
     )
 
 
@@ -74,8 +93,11 @@ class RecordActivities:
         except IdempotencyConflict as exc:
             raise ApplicationError(str(exc), type=IDEMPOTENCY_CONFLICT, non_retryable=True) from None
         key = request.idempotency_key
-        paid = db.payment_of(self.engine, key)
-        envelopes = db.envelopes_of(self.engine, key)
+        with db.transaction(self.engine, write=False) as session:  # the key's past, in one read
+            payout = db.payout_row(session, key)
+            paid = None if payout is None else db.payment_in(session, payout)
+            envelopes = db.envelopes_in(session, key)
+            authorization = authorization_store.unsettled_in(session, key)
         unsettled = [
             RecordedEnvelope(
                 e.tx_hash, e.envelope_xdr, e.source_account, e.sequence, e.max_time, e.attempt, e.built_at_ledger
@@ -83,13 +105,12 @@ class RecordActivities:
             for e in envelopes
             if e.status in (db.EnvelopeStatus.QUEUED, db.EnvelopeStatus.SUBMITTED)
         ]
-        authorizations = authorization_store.unsettled(self.engine, key)
         return PayoutStart(
             policy=self.policy(),
             confirmed=None if paid is None else self._paid(key, paid),
             unsettled=unsettled,
             attempts_used=max((e.attempt for e in envelopes), default=0),
-            authorization=self._authorization(authorizations[-1]) if authorizations else None,
+            authorization=None if authorization is None else self._authorization(authorization),
         )
 
     def _authorization(self, record: authorization_store.AuthorizationRecord) -> AuthorizationRequest:
@@ -121,7 +142,8 @@ class RecordActivities:
     def record_envelope(self, recorded: RecordEnvelopeInput) -> None:
         built = recorded.envelope
         try:
-            record_built(self.engine, recorded.idempotency_key, recorded.attempt, built, recorded.signed_xdr)
+            payer = self.settings.PAYOUT_SOURCE_ACCOUNT
+            record_built(self.engine, payer, recorded.idempotency_key, recorded.attempt, built, recorded.signed_xdr)
         except AlreadyPaid as exc:
             leases.release(self.engine, built.source_account, recorded.idempotency_key)
             raise already_paid(exc) from None

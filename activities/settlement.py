@@ -41,7 +41,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.failures import UNSETTLED_ENVELOPE, already_paid
 from activities.records import record_built
-from payouts import db, leases
+from payouts import authorization_store, db, leases
 from payouts.errors import AlreadyPaid
 from payouts.messages import BuiltEnvelope, EnvelopeLookup, SettleInput
 from payouts.models import PayoutState
@@ -109,9 +109,12 @@ def is_provably_dead(lookup: EnvelopeLookup, max_time: int, built_at_ledger: int
 
 
 class SettlementActivities:
-    def __init__(self, rpc: SorobanServerAsync, engine: Engine, on_release: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self, rpc: SorobanServerAsync, engine: Engine, payer: str, on_release: Callable[[], None] = lambda: None
+    ) -> None:
         self.rpc = rpc
         self.engine = engine
+        self.payer = payer  # the payout account, whose authorizations envelopes may carry
         self.on_release = on_release
         self.ledgers = LedgerWatch(rpc)
 
@@ -171,13 +174,14 @@ class SettlementActivities:
                     return await self._outside_history(key, built.tx_hash, built.source_account, built, lookup)
                 if settled:
                     activity.logger.info("envelope settled: %s", lookup.status, extra={"tx_hash": built.tx_hash})
-                    return await self._settled(key, built, lookup)
+                    return await self._settled(request, lookup)
 
-    async def _settled(self, key: str, built: BuiltEnvelope, lookup: EnvelopeLookup) -> EnvelopeLookup:
+    async def _settled(self, request: SettleInput, lookup: EnvelopeLookup) -> EnvelopeLookup:
         """Record the settlement and release the lease, after settling the envelopes it
         replaced or that replaced it (same source account and sequence number: at most one
         of them applied). Its lookup, or the applied sibling's (``tx_hash`` set)."""
-        siblings = await asyncio.to_thread(self._unsettled_siblings, key, built)
+        key, built = request.idempotency_key, request.envelope
+        siblings = await asyncio.to_thread(self._unsettled_siblings, key, built) if request.siblings_possible else []
         paid_by: tuple[db.EnvelopeRecord, EnvelopeLookup] | None = None
         if lookup.status == "NOT_FOUND":
             # It never applied, so its sequence number may have gone to a sibling.
@@ -282,11 +286,15 @@ class SettlementActivities:
                 non_retryable=True,
             )
         try:
-            await asyncio.to_thread(record_built, self.engine, key, request.attempt, built, signed_xdr)
+            await asyncio.to_thread(record_built, self.engine, self.payer, key, request.attempt, built, signed_xdr)
         except AlreadyPaid as exc:
             # Paid meanwhile (another run of the key): this envelope is never sent.
             await self._release_after_refusal(built.source_account, key)
             raise already_paid(exc) from None
+        except authorization_store.UnsettledAuthorization as exc:
+            # A fresh authorization while the key has one that may still pay (a stale run):
+            # never sent; the run settles what is recorded and carries that one.
+            raise ApplicationError(str(exc), type=UNSETTLED_ENVELOPE, non_retryable=True) from None
         return signed_xdr, sent_before
 
     async def _release_after_refusal(self, account: str, key: str) -> None:

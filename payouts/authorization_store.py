@@ -6,9 +6,10 @@ that transaction, until its ``signature_expiration_ledger``; a dead envelope tha
 it is public. So the durable record of a payout is not only its envelopes but also its
 authorizations:
 
-- an authorization is recorded before it leaves the worker (handed to an external signer,
-  or signed with the hot key to be carried), in the transaction that checks the key has
-  not paid (:class:`~payouts.errors.AlreadyPaid`);
+- an authorization is recorded before it leaves the worker, in the transaction that
+  checks the key has not paid (:class:`~payouts.errors.AlreadyPaid`): before an external
+  signer sees it (:func:`record`), or, signed with the hot key, in the transaction that
+  records the first envelope carrying it (:func:`record_carried`);
 - a key has at most one unsettled (``live`` or ``unknown``) authorization: asking for a
   new one while it exists returns it, so a restarted or reset run carries the same nonce
   (mutually exclusive with the old) or waits for it to settle;
@@ -31,7 +32,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
 
 from payouts.authorization import NonceState
-from payouts.db import UTCDateTime, locked_payout, payment_in, transaction
+from payouts.db import Payment, UTCDateTime, payment_in, payout_row, transaction
 from payouts.errors import AlreadyPaid
 from payouts.models import PayoutState
 
@@ -42,6 +43,10 @@ PAID_ELSEWHERE = "paid by a transaction this engine did not send, carrying its a
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+class UnsettledAuthorization(RuntimeError):
+    """A new authorization for a key that has one that may still pay."""
 
 
 class AuthorizationRow(SQLModel, table=True):
@@ -146,7 +151,7 @@ def record(
     for _ in range(2):  # a concurrent insert for the same key makes the first pass fail
         try:
             with transaction(engine, write=True) as session:
-                payout = locked_payout(session, key)
+                payout = payout_row(session, key, lock=True)
                 if payout is None:
                     raise LookupError(f"no payout recorded under idempotency key {key!r}")
                 paid = payment_in(session, payout)
@@ -175,6 +180,62 @@ def record(
         except IntegrityError:
             continue
     raise RuntimeError(f"could not record an authorization of payout {key!r}")  # pragma: no cover
+
+
+def record_carried(
+    session: Session,
+    key: str,
+    payer: str,
+    nonce: int,
+    entry_xdr: str,
+    signed_entry_xdr: str,
+    valid_until_ledger: int,
+    sign_by: int,
+    issued_at_ledger: int,
+) -> None:
+    """In the transaction recording the first envelope that carries it (the key's payment
+    checked there): a hot-key authorization, unless recorded already. Raises
+    :class:`UnsettledAuthorization` if the key has another that may still pay."""
+    if _row(session, payer, nonce) is not None:
+        return
+    other = _unsettled(session, key)
+    if other:
+        raise UnsettledAuthorization(
+            f"payout {key!r} has authorization nonce {other[-1].nonce} that may still pay; it is carried or settled "
+            "before another is made"
+        )
+    now = _now()
+    session.add(
+        AuthorizationRow(
+            idempotency_key=key,
+            payer=payer,
+            nonce=nonce,
+            entry_xdr=entry_xdr,
+            signed_entry_xdr=signed_entry_xdr,
+            valid_until_ledger=valid_until_ledger,
+            sign_by=sign_by,
+            unused_through_ledger=issued_at_ledger,
+            status=NonceState.LIVE.value,
+            created_at=now,
+            updated_at=now,
+        )
+    )
+
+
+def before_build(engine: Engine, key: str) -> tuple[Payment | None, AuthorizationRecord | None]:
+    """In one read: the key's payment (nothing is built for a key that paid), and its
+    authorization that may still pay (carried instead of a new one)."""
+    with transaction(engine, write=False) as session:
+        payout = payout_row(session, key)
+        paid = None if payout is None else payment_in(session, payout)
+        return paid, unsettled_in(session, key)
+
+
+def unsettled_in(session: Session, key: str) -> AuthorizationRecord | None:
+    """The key's newest authorization that is ``live`` or ``unknown``, in the caller's
+    transaction."""
+    rows = _unsettled(session, key)
+    return AuthorizationRecord.of(rows[-1]) if rows else None
 
 
 def record_signature(engine: Engine, payer: str, nonce: int, signed_entry_xdr: str) -> None:
@@ -226,7 +287,7 @@ def observe(
         if state == NonceState.USED:
             row.used_ledger = row.used_ledger or used_ledger
             row.used_tx_hash = row.used_tx_hash or used_tx_hash
-            payout = locked_payout(session, row.idempotency_key)
+            payout = payout_row(session, row.idempotency_key, lock=True)
             assert payout is not None  # the foreign key
             if payout.status != PayoutState.CONFIRMED:
                 payout.status = PayoutState.CONFIRMED.value

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -94,15 +94,16 @@ __all__ = [
     "confirmed_envelope",
     "current_revision",
     "envelope",
+    "envelopes_in",
     "envelopes_of",
     "get_payout",
-    "locked_payout",
     "make_engine",
     "mark_envelope",
     "mark_submitted",
     "note_envelope_error",
     "payment_in",
     "payment_of",
+    "payout_row",
     "record_envelope",
     "record_payout",
     "set_payout_state",
@@ -594,6 +595,7 @@ def record_envelope(
     *,
     built_at_ledger: int | None = None,
     auth_nonce: int | None = None,
+    with_insert: Callable[[Session], None] | None = None,
 ) -> EnvelopeRecord:
     """Record an envelope of payout ``key`` (status ``queued``) before it is sent (promise 3).
 
@@ -604,7 +606,8 @@ def record_envelope(
     :class:`EnvelopeConflict` if the hash is recorded with other parameters, and
     :class:`AlreadyPaid`, in the transaction that would insert it, if the key already
     paid (:func:`payment_of`): a workflow's history may be stale (an operator's reset, a
-    restarted run), the DB is not.
+    restarted run), the DB is not. ``with_insert`` runs in the transaction that inserts a
+    new row, after that check (another table's record that must commit with it).
     """
     tx_hash = tx_hash.lower()
     if not _TX_HASH.match(tx_hash):
@@ -643,6 +646,8 @@ def record_envelope(
                 paid = _payment(session, payout)
                 if paid is not None:
                     raise AlreadyPaid(key, paid.tx_hash)
+                if with_insert is not None:
+                    with_insert(session)
                 now = _now()
                 row = TransactionRow(
                     idempotency_key=key,
@@ -742,12 +747,17 @@ def envelope(engine: Engine, tx_hash: str) -> EnvelopeRecord | None:
 def envelopes_of(engine: Engine, key: str) -> list[EnvelopeRecord]:
     """Every envelope built for payout ``key``, oldest first."""
     with transaction(engine, write=False) as session:
-        query = (
-            select(TransactionRow)
-            .where(TransactionRow.idempotency_key == key)
-            .order_by(col(TransactionRow.attempt), col(TransactionRow.id))
-        )
-        return [EnvelopeRecord.of(row) for row in session.exec(query)]
+        return envelopes_in(session, key)
+
+
+def envelopes_in(session: Session, key: str) -> list[EnvelopeRecord]:
+    """:func:`envelopes_of`, inside a transaction of the caller's."""
+    query = (
+        select(TransactionRow)
+        .where(TransactionRow.idempotency_key == key)
+        .order_by(col(TransactionRow.attempt), col(TransactionRow.id))
+    )
+    return [EnvelopeRecord.of(row) for row in session.exec(query)]
 
 
 def _confirmed_row(session: Session, key: str) -> TransactionRow | None:
@@ -778,9 +788,9 @@ def _payment(session: Session, payout: PayoutRow) -> Payment | None:
     return None
 
 
-def locked_payout(session: Session, key: str) -> PayoutRow | None:
-    """The payout row of ``key``, locked for the rest of ``session``'s transaction."""
-    return _payout_row(session, key, lock=True)
+def payout_row(session: Session, key: str, *, lock: bool = False) -> PayoutRow | None:
+    """The payout row of ``key`` in the caller's transaction (``lock``: for its rest)."""
+    return _payout_row(session, key, lock=lock)
 
 
 def payment_in(session: Session, payout: PayoutRow) -> Payment | None:

@@ -113,6 +113,9 @@ class SettleInput:
     signed_xdr: str | None
     confirm_poll_ms: int
     confirm_max_polls: int
+    # It may share its sequence number with another envelope of the payout (a replacement
+    # of a refused one, or one recorded by an earlier run): settled together.
+    siblings_possible: bool = False
 
 
 @dataclass(frozen=True)

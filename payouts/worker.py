@@ -70,7 +70,7 @@ def build_worker(
     chain = ChainActivities(settings, rpc, engine)
     leases.ensure_pool(engine, list(chain.keys.pool.accounts), chain.keys.pool.role)
     records = RecordActivities(settings, engine)
-    settlement = SettlementActivities(rpc, engine, on_release=chain.lease_released)
+    settlement = SettlementActivities(rpc, engine, settings.PAYOUT_SOURCE_ACCOUNT, on_release=chain.lease_released)
     return Worker(
         client,
         task_queue=settings.TEMPORAL_TASK_QUEUE,

@@ -25,7 +25,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import Engine, func, inspect, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import SQLModel, col
+from sqlmodel import Session, SQLModel, col
 from stellar_sdk import Account, Asset, Keypair, Network, TransactionBuilder
 
 from payouts import authorization_store, leases  # noqa: F401  (leases: its table is part of the schema)
@@ -552,6 +552,29 @@ def test_a_key_has_at_most_one_authorization_that_may_still_pay(engine: Engine) 
     assert authorization_store.observe(engine, SOURCE.public_key, 1, NonceState.LIVE, 500).status == NonceState.UNUSED
     fresh = authorization_store.record(engine, key, SOURCE.public_key, 2, "entry-2", 600, 1_900_000_000, 200)
     assert fresh.nonce == 2 and payment_of(engine, key) is None
+
+
+def test_a_hot_key_authorization_is_recorded_with_the_first_envelope_carrying_it(engine: Engine) -> None:
+    key = record_payout(engine, payout()).idempotency_key
+
+    def carrying(nonce: int) -> Callable[[Session], None]:
+        return lambda session: authorization_store.record_carried(
+            session, key, SOURCE.public_key, nonce, "entry", "signed", 500, 1_900_000_000, 100
+        )
+
+    first, unsigned = envelope(1)
+    record_envelope(engine, key, 1, first, unsigned, SOURCE.public_key, 1, 1_900_000_000, with_insert=carrying(1))
+    [carried] = authorization_store.of_payout(engine, key)
+    assert (carried.nonce, carried.signed_entry_xdr, carried.status) == (1, "signed", NonceState.LIVE)
+    # Another envelope carrying it: nothing new. A fresh one while it may still pay: refused
+    # with the envelope (one transaction), so nothing of either is written.
+    second, unsigned = envelope(2)
+    record_envelope(engine, key, 2, second, unsigned, SOURCE.public_key, 2, 1_900_000_000, with_insert=carrying(1))
+    third, unsigned = envelope(3)
+    with pytest.raises(authorization_store.UnsettledAuthorization):
+        record_envelope(engine, key, 3, third, unsigned, SOURCE.public_key, 3, 1_900_000_000, with_insert=carrying(2))
+    assert [e.tx_hash for e in envelopes_of(engine, key)] == [first, second]
+    assert [a.nonce for a in authorization_store.of_payout(engine, key)] == [1]
 
 
 # ---------------------------------------------------------------------------------------

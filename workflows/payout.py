@@ -293,7 +293,9 @@ class PayoutWorkflow:
                     continue
 
             self._set_state(PayoutState.SUBMITTED, tx_hash=built.tx_hash, upsert=True)
-            lookup = await self._settle(key, self._attempt, built, signed, policy)
+            lookup = await self._settle(
+                key, self._attempt, built, signed, policy, siblings_possible=replaces is not None
+            )
             if isinstance(lookup, PayoutOutcome):
                 return lookup
             if lookup is None:
@@ -303,6 +305,8 @@ class PayoutWorkflow:
                 paid = await self._settle_recorded(key, restart.unsettled, policy)
                 if paid is not None:
                     return paid
+                if authorizes:
+                    authorization = restart.authorization  # the recorded one is carried
                 self._attempt -= 1
                 continue
             if lookup.status == REFUSED:
@@ -407,7 +411,7 @@ class PayoutWorkflow:
                 # from the first can prove it dead.
                 built_at_ledger=old.built_at_ledger if old.built_at_ledger is not None else 0,
             )
-            lookup = await self._settle(key, old.attempt, built, None, policy)
+            lookup = await self._settle(key, old.attempt, built, None, policy, siblings_possible=True)
             if isinstance(lookup, PayoutOutcome):
                 return lookup
             if lookup is not None and lookup.status == "SUCCESS":
@@ -421,19 +425,27 @@ class PayoutWorkflow:
         built: BuiltEnvelope,
         signed_xdr: str | None,
         policy: PayoutPolicy,
+        *,
+        siblings_possible: bool = False,
     ) -> EnvelopeLookup | PayoutOutcome | None:
         """Send (unless ``signed_xdr`` is None) and follow the envelope until it is settled;
         None if it was not sent because an older envelope of the payout is unsettled. An
         envelope whose fate is unknown parks the payout: the operator's answer (the
         payout's outcome, or NOT_FOUND: it never applied) or the later lookup that
         settled it."""
-        lookup = await self._follow(key, attempt, built, signed_xdr, policy)
+        lookup = await self._follow(key, attempt, built, signed_xdr, policy, siblings_possible)
         if lookup is None or lookup.status != UNKNOWN:
             return lookup
         return await self._park_envelope(key, attempt, built, lookup, policy)
 
     async def _follow(
-        self, key: str, attempt: int, built: BuiltEnvelope, signed_xdr: str | None, policy: PayoutPolicy
+        self,
+        key: str,
+        attempt: int,
+        built: BuiltEnvelope,
+        signed_xdr: str | None,
+        policy: PayoutPolicy,
+        siblings_possible: bool = False,
     ) -> EnvelopeLookup | None:
         """The settle activity: its lookup (UNKNOWN included), or None (an older envelope
         of the payout is unsettled)."""
@@ -441,7 +453,15 @@ class PayoutWorkflow:
         try:
             lookup: EnvelopeLookup = await workflow.execute_activity_method(
                 SettlementActivities.settle_envelope,
-                SettleInput(key, attempt, built, signed_xdr, policy.confirm_poll_ms, policy.confirm_max_polls),
+                SettleInput(
+                    key,
+                    attempt,
+                    built,
+                    signed_xdr,
+                    policy.confirm_poll_ms,
+                    policy.confirm_max_polls,
+                    siblings_possible,
+                ),
                 start_to_close_timeout=timedelta(seconds=remaining) + SETTLE_SLACK,
                 heartbeat_timeout=max(SETTLE_HEARTBEAT, 3 * timedelta(milliseconds=policy.confirm_poll_ms)),
                 retry_policy=SETTLE_RETRY,
@@ -468,7 +488,7 @@ class PayoutWorkflow:
         )
 
         async def recheck() -> EnvelopeLookup | None:
-            again = await self._follow(key, attempt, built, None, policy)
+            again = await self._follow(key, attempt, built, None, policy, siblings_possible=True)
             return again if again is not None and again.status != UNKNOWN else None
 
         outcome, settled = await self._stay_parked(item, recheck)
