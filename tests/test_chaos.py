@@ -4,7 +4,8 @@ front-running the engine with a copied authorization, worker SIGKILLs (one while
 ledger moves past every authorization the worker issued), Temporal server restarts, app
 DB outages, an operator's resets and terminate-and-start-again, duplicate and conflicting
 starts and a misbehaving external signer hit the engine; then the independent audit
-(bench/chaos/audit.py). Any duplicate, lost payout, disagreement or parked payout fails
+(bench/chaos/audit.py) and a replay of every run's history (bench/chaos/replay.py). Any
+duplicate, lost payout, disagreement, parked payout or history that does not replay fails
 the test with the audit's report: the keys, their envelopes and the ledger entries.
 
 ``CHAOS_SEED`` picks another seed (the fault sequence and the signer's plans follow from
@@ -54,3 +55,5 @@ async def test_chaos_run_pays_each_key_at_most_once_and_the_books_agree(backend:
     assert result.outside.surge.answers["PENDING"] > 0, result.render()
     assert result.starts["concurrent duplicate starts"] > 0
     assert sum(result.report.outcomes.values()) == payouts
+    # Every run replays (a NONDETERMINISTIC violation otherwise): each key's, resets' too.
+    assert result.replayed >= payouts + result.outside.resets, result.render()

@@ -44,6 +44,7 @@ history before it runs.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -158,6 +159,9 @@ class PayoutWorkflow:
         self._signatures: list[str] = []
         self._awaiting: BuiltEnvelope | AuthorizationRequest | None = None
         self._accepted_signature: str | None = None
+        # The last request that got its signature: an update checking an equivalent
+        # signature of it while another was accepted is answered "accepted" too.
+        self._signed: BuiltEnvelope | AuthorizationRequest | None = None
         self._parked: ParkedItem | None = None
         self._state_before_park = PayoutState.RECEIVED
         self._resolution: ParkResolution | None = None
@@ -169,6 +173,8 @@ class PayoutWorkflow:
         self._request: PayoutRequest | None = None
         self._policy: PayoutPolicy | None = None
         self._asset = "XLM"
+        # One local activity at a time (see _local).
+        self._local_activity_slot = asyncio.Lock()
 
     # -- the flow ----------------------------------------------------------------------
 
@@ -379,19 +385,30 @@ class PayoutWorkflow:
         timeout: timedelta = CHAIN_TIMEOUT,
         summary: str | None = None,
     ) -> Any:
-        try:
-            return await workflow.execute_local_activity_method(
-                activity,
-                arg,
-                start_to_close_timeout=timeout,
-                retry_policy=retry_policy,
-                local_retry_threshold=LOCAL_RETRY_THRESHOLD,
-                summary=summary,
-            )
-        except (ActivityError, ApplicationError) as exc:
-            if _error_type(exc) == ALREADY_PAID:
-                raise _AlreadyPaid() from exc
-            raise
+        """Run a local activity, never while another is in flight.
+
+        The signature update's handler checks a signature while the main coroutine may be
+        running its own step. Live, overlapping local activities resolve in the order they
+        finish; on replay the SDK resolves them in another order or grouping
+        (temporalio/sdk-python#1578, #1881), so the coroutines resume in another order and
+        the history no longer replays: the payout's next worker, and its status query,
+        fail with a non-determinism error (seen in the chaos run). With one at a time,
+        there is only one order. Uncontended, the lock does not yield: the commands of a
+        payout without concurrent handlers are unchanged."""
+        async with self._local_activity_slot:
+            try:
+                return await workflow.execute_local_activity_method(
+                    activity,
+                    arg,
+                    start_to_close_timeout=timeout,
+                    retry_policy=retry_policy,
+                    local_retry_threshold=LOCAL_RETRY_THRESHOLD,
+                    summary=summary,
+                )
+            except (ActivityError, ApplicationError) as exc:
+                if _error_type(exc) == ALREADY_PAID:
+                    raise _AlreadyPaid() from exc
+                raise
 
     async def _settle_recorded(
         self, key: str, unsettled: list[RecordedEnvelope], policy: PayoutPolicy
@@ -681,8 +698,9 @@ class PayoutWorkflow:
                 if self._accepted_signature is None and self._signatures:
                     candidate = self._signatures.pop(0)
                     reason = await self._check_signature(awaited, candidate)
-                    if reason is None:
+                    if reason is None and self._accepted_signature is None:
                         self._accepted_signature = candidate
+            self._signed = awaited
             return self._accepted_signature
         finally:
             self._awaiting = None
@@ -791,6 +809,10 @@ class PayoutWorkflow:
         if reason is not None:
             raise ApplicationError(f"signature rejected: {reason}", type="SignatureRejected")
         if self._awaiting is not built:
+            if self._signed is built:
+                # Another signature of the same request was accepted while this one was
+                # checked (signatures of one payload are equivalent): the payout goes on.
+                return "accepted"
             raise ApplicationError(
                 "the envelope expired while its signature was checked; sign the new one in status",
                 type="SignatureRejected",

@@ -49,7 +49,7 @@ from stellar_sdk import Address, Keypair, StrKey, TransactionEnvelope, scval
 from stellar_sdk import xdr as x
 from stellar_sdk.operation import InvokeHostFunction
 from stellar_sdk.soroban_server_async import SorobanServerAsync
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowQueryFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from payouts import db
@@ -372,7 +372,7 @@ async def _temporal_fact(payouts: PayoutClient, key: str) -> TemporalFact:
     if status == WorkflowExecutionStatus.RUNNING:
         try:
             current = await payouts.status(key)
-        except RPCError as exc:  # no worker answers: the payout is stuck
+        except (RPCError, WorkflowQueryFailedError) as exc:  # no worker answers, or it cannot replay
             return TemporalFact("RUNNING", error=f"status query failed: {exc}")
         return TemporalFact("RUNNING", current.state, current.tx_hash, current.last_error)
     return TemporalFact(status.name if status is not None else "UNKNOWN")

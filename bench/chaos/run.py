@@ -42,6 +42,7 @@ from bench.chaos import audit
 from bench.chaos.cluster import FILLERS, MODES, PASSPHRASE, AppDatabase, Cluster, ModeAccounts
 from bench.chaos.faults import FaultInjector, OutsideActors, Targets
 from bench.chaos.outside import FrontRun, OutsideAccounts, QueueFiller, Relayer, SurgeStats
+from bench.chaos.replay import replay_histories
 from bench.chaos.signer import ExternalSigner, SignerStats
 from bench.payout_throughput import fund_accounts
 from payouts import db
@@ -94,6 +95,7 @@ class ChaosResult:
     wall_seconds: float
     work: Path
     outside: OutsideStats
+    replayed: int  # runs whose histories were replayed
     violations: list[str] = field(default_factory=list)
 
     @property
@@ -122,6 +124,7 @@ class ChaosResult:
             f"relayer: {len(o.front_runs)} front-runs paid"
             + (f", misses: {_counts(o.relayer_misses)}" if o.relayer_misses else ""),
             f"operator: {o.resets} payouts reset, {o.terminations} terminated (started again: {_counts(o.restarts)})",
+            f"histories replayed: {self.replayed} runs",
             f"duplicates {r.count('duplicate')}, lost {r.count('lost')}, "
             f"disagreements {r.count('disagreement')}, parked {r.count('parked')}, "
             f"unknown payments {r.count('unknown payment')}, "
@@ -317,20 +320,21 @@ async def run_chaos(config: ChaosConfig) -> ChaosResult:
             ledger = await audit.read_ledger(rpc, start_ledger, PASSPHRASE)
             after = await audit.read_balances(rpc, accounts)
             temporal = await audit.read_temporal(client, planned)
+            replayed, nondeterministic = await replay_histories(client, planned, work)
             facts = audit.read_database(app_db, planned)
             app_db.dispose()
             engine_sources = {a for m in modes for a in m.sources}
             refusals = await _engine_refusals(session, cluster.rpc_url, engine_sources)
         moves = {a: after.get(a, 0) - before.get(a, 0) for a in accounts}
         report = audit.check(planned, ledger, temporal, facts, moves, frozenset(outside.public_keys))
-        violations = [v.render() for v in report.violations] + workload.violations
+        violations = [v.render() for v in report.violations] + workload.violations + nondeterministic
         violations += [f"ACCEPTED WRONG SIGNATURE {key}" for key in signer.stats.accepted_wrong]
         violations += [f"UNSETTLED {key}: still in flight {config.settle_timeout:.0f} s after healing"
                        for key in unsettled]  # fmt: skip
         stats = OutsideStats(filler.stats, injector.front_runs, injector.relayer_misses,
                              injector.resets, injector.terminations, injector.restarts, refusals)  # fmt: skip
         return ChaosResult(config, report, injector.injected, signer.stats, workload.starts, unsettled,
-                           time.monotonic() - began, work, stats, violations)  # fmt: skip
+                           time.monotonic() - began, work, stats, replayed, violations)  # fmt: skip
     finally:
         await asyncio.to_thread(cluster.stop)
         database.drop()

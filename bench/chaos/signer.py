@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from stellar_sdk import Keypair, Network, TransactionEnvelope
 from stellar_sdk import xdr as x
 from stellar_sdk.auth import authorize_entry
-from temporalio.client import Client, WorkflowUpdateRPCTimeoutOrCancelledError
+from temporalio.client import Client, WorkflowQueryFailedError, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError
 
 from bench.chaos.cluster import PASSPHRASE, ModeAccounts
@@ -137,7 +137,7 @@ class ExternalSigner:
         try:
             async with self._queries:
                 status = await self.payouts[queue].status(key)
-        except RPCError:
+        except (RPCError, WorkflowQueryFailedError):  # the audit's replay reports a run that cannot replay
             return
         asked = status.authorization_xdr or status.unsigned_xdr
         if status.state != PayoutState.AWAITING_SIGNATURE or asked is None or (key, run, asked) in self._handled:
