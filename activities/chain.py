@@ -387,16 +387,7 @@ class ChainActivities:
         return replace(self._request_of(held), signed_entry_xdr=signed)
 
     def _request_of(self, record: authorization_store.AuthorizationRecord) -> AuthorizationRequest:
-        entry = x.SorobanAuthorizationEntry.from_xdr(record.entry_xdr)
-        return AuthorizationRequest(
-            entry_xdr=record.entry_xdr,
-            payload_hex=authorization_payload(entry, self.settings.STELLAR_NETWORK_PASSPHRASE).hex(),
-            nonce=record.nonce,
-            valid_until_ledger=record.valid_until_ledger,
-            expires_at=record.sign_by,
-            signed_entry_xdr=record.signed_entry_xdr,
-            unused_through_ledger=record.unused_through_ledger,
-        )
+        return record.request(self.settings.STELLAR_NETWORK_PASSPHRASE)
 
     def _authorization(
         self, envelope: TransactionEnvelope, latest_ledger: int, window: int, *, sign: bool

@@ -11,18 +11,16 @@ from __future__ import annotations
 
 from sqlalchemy.engine import Engine
 from sqlmodel import Session
-from stellar_sdk import xdr as x
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.failures import IDEMPOTENCY_CONFLICT, already_paid
 from payouts import authorization_store, db, leases
-from payouts.authorization import NonceState, authorization_payload
+from payouts.authorization import NonceState
 from payouts.channels import ChannelKeys
 from payouts.config import PayoutSettings
 from payouts.errors import AlreadyPaid, IdempotencyConflict
 from payouts.messages import (
-    AuthorizationRequest,
     BuiltEnvelope,
     ParkedItem,
     ParkResolution,
@@ -98,6 +96,7 @@ class RecordActivities:
             paid = None if payout is None else db.payment_in(session, payout)
             envelopes = db.envelopes_in(session, key)
             authorization = authorization_store.unsettled_in(session, key)
+        passphrase = self.settings.STELLAR_NETWORK_PASSPHRASE
         unsettled = [
             RecordedEnvelope(
                 e.tx_hash, e.envelope_xdr, e.source_account, e.sequence, e.max_time, e.attempt, e.built_at_ledger
@@ -110,19 +109,7 @@ class RecordActivities:
             confirmed=None if paid is None else self._paid(key, paid),
             unsettled=unsettled,
             attempts_used=max((e.attempt for e in envelopes), default=0),
-            authorization=None if authorization is None else self._authorization(authorization),
-        )
-
-    def _authorization(self, record: authorization_store.AuthorizationRecord) -> AuthorizationRequest:
-        entry = x.SorobanAuthorizationEntry.from_xdr(record.entry_xdr)
-        return AuthorizationRequest(
-            entry_xdr=record.entry_xdr,
-            payload_hex=authorization_payload(entry, self.settings.STELLAR_NETWORK_PASSPHRASE).hex(),
-            nonce=record.nonce,
-            valid_until_ledger=record.valid_until_ledger,
-            expires_at=record.sign_by,
-            signed_entry_xdr=record.signed_entry_xdr,
-            unused_through_ledger=record.unused_through_ledger,
+            authorization=None if authorization is None else authorization.request(passphrase),
         )
 
     @staticmethod

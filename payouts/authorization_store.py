@@ -30,10 +30,12 @@ from sqlalchemy import BigInteger, CheckConstraint, Column, ForeignKey, Index, I
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Field, Session, SQLModel, col, select
+from stellar_sdk import xdr as x
 
-from payouts.authorization import NonceState
+from payouts.authorization import NonceState, authorization_payload
 from payouts.db import Payment, UTCDateTime, payment_in, payout_row, transaction
 from payouts.errors import AlreadyPaid
+from payouts.messages import AuthorizationRequest
 from payouts.models import PayoutState
 
 _ID = BigInteger().with_variant(Integer(), "sqlite")
@@ -115,6 +117,19 @@ class AuthorizationRecord:
             row.used_tx_hash,
         )
 
+    def request(self, network_passphrase: str) -> AuthorizationRequest:
+        """What the workflow carries of it (the payload to sign derived from the entry)."""
+        entry = x.SorobanAuthorizationEntry.from_xdr(self.entry_xdr)
+        return AuthorizationRequest(
+            entry_xdr=self.entry_xdr,
+            payload_hex=authorization_payload(entry, network_passphrase).hex(),
+            nonce=self.nonce,
+            valid_until_ledger=self.valid_until_ledger,
+            expires_at=self.sign_by,
+            signed_entry_xdr=self.signed_entry_xdr,
+            unused_through_ledger=self.unused_through_ledger,
+        )
+
 
 def _row(session: Session, payer: str, nonce: int, *, lock: bool = False) -> AuthorizationRow | None:
     query = select(AuthorizationRow).where(AuthorizationRow.payer == payer, AuthorizationRow.nonce == nonce)
@@ -128,6 +143,33 @@ def _unsettled(session: Session, key: str) -> list[AuthorizationRow]:
         .order_by(col(AuthorizationRow.id))
     )
     return list(session.exec(query))
+
+
+def _new_row(
+    key: str,
+    payer: str,
+    nonce: int,
+    entry_xdr: str,
+    signed_entry_xdr: str | None,
+    valid_until_ledger: int,
+    sign_by: int,
+    issued_at_ledger: int,
+) -> AuthorizationRow:
+    """A live authorization, its nonce proven unused through the ledger it was made at."""
+    now = _now()
+    return AuthorizationRow(
+        idempotency_key=key,
+        payer=payer,
+        nonce=nonce,
+        entry_xdr=entry_xdr,
+        signed_entry_xdr=signed_entry_xdr,
+        valid_until_ledger=valid_until_ledger,
+        sign_by=sign_by,
+        unused_through_ledger=issued_at_ledger,
+        status=NonceState.LIVE.value,
+        created_at=now,
+        updated_at=now,
+    )
 
 
 def record(
@@ -160,19 +202,8 @@ def record(
                 existing = _unsettled(session, key)
                 if existing:
                     return AuthorizationRecord.of(existing[-1])
-                now = _now()
-                row = AuthorizationRow(
-                    idempotency_key=key,
-                    payer=payer,
-                    nonce=nonce,
-                    entry_xdr=entry_xdr,
-                    signed_entry_xdr=signed_entry_xdr,
-                    valid_until_ledger=valid_until_ledger,
-                    sign_by=sign_by,
-                    unused_through_ledger=issued_at_ledger,
-                    status=NonceState.LIVE.value,
-                    created_at=now,
-                    updated_at=now,
+                row = _new_row(
+                    key, payer, nonce, entry_xdr, signed_entry_xdr, valid_until_ledger, sign_by, issued_at_ledger
                 )
                 session.add(row)
                 session.flush()
@@ -204,22 +235,7 @@ def record_carried(
             f"payout {key!r} has authorization nonce {other[-1].nonce} that may still pay; it is carried or settled "
             "before another is made"
         )
-    now = _now()
-    session.add(
-        AuthorizationRow(
-            idempotency_key=key,
-            payer=payer,
-            nonce=nonce,
-            entry_xdr=entry_xdr,
-            signed_entry_xdr=signed_entry_xdr,
-            valid_until_ledger=valid_until_ledger,
-            sign_by=sign_by,
-            unused_through_ledger=issued_at_ledger,
-            status=NonceState.LIVE.value,
-            created_at=now,
-            updated_at=now,
-        )
-    )
+    session.add(_new_row(key, payer, nonce, entry_xdr, signed_entry_xdr, valid_until_ledger, sign_by, issued_at_ledger))
 
 
 def before_build(engine: Engine, key: str) -> tuple[Payment | None, AuthorizationRecord | None]:

@@ -39,7 +39,8 @@ payouts").
 
 Short steps that send nothing (DB records, building, checking) are local activities, so
 a payout's history stays short; the step that sends is a regular activity, scheduled in
-history before it runs.
+history before it runs. Local activities run one at a time, the signature update's
+included, so that a history replays as it ran (:meth:`PayoutWorkflow._local`).
 """
 
 from __future__ import annotations
